@@ -1,0 +1,3 @@
+module github.com/mambabyte/mambabyte
+
+go 1.26

@@ -136,10 +136,10 @@ func (s TensorSpec) Size() int {
 
 // Tensor names, as in HF transformers' MambaForCausalLM (the native format).
 const (
-	NameEmbed = "backbone.embeddings.weight"
-	NameNormF = "backbone.norm_f.weight"
+	NameEmbed  = "backbone.embeddings.weight"
+	NameNormF  = "backbone.norm_f.weight"
 	NameNormFB = "backbone.norm_f.bias"
-	NameHead  = "lm_head.weight"
+	NameHead   = "lm_head.weight"
 )
 
 // LayerPrefix is the name prefix of layer l's tensors.

@@ -205,7 +205,7 @@ func TestScanBackwardFiniteDifference(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 14))
 	// T spans several chunks so the recomputation inside ScanBackward is
 	// exercised; ScanChunk is large, so use few channels.
-	B, T, E, N := 2, ScanChunk + 9, 3, 4
+	B, T, E, N := 2, ScanChunk+9, 3, 4
 	ldbc := 2*N + 2
 	u := randSlice(r, B*T*E, 1)
 	delta := make([]float32, B*T*E)

@@ -1,0 +1,55 @@
+// Package backend is the interface between the model and the hardware that
+// runs it. The model allocates Tensors through a Backend and calls its
+// operations; it never touches memory itself, so the same model code runs
+// wherever a Backend exists.
+//
+// Operations come in Forward/Backward pairs and take outputs first, then
+// inputs, then sizes, as the CPU kernels they wrap document (package
+// internal/backend/cpu). A nil Tensor is allowed wherever the kernel
+// documents nil. Backward operations add into parameter gradients.
+package backend
+
+// Tensor is a run of float32 values in a backend's memory.
+type Tensor interface {
+	// Len is the number of values.
+	Len() int
+	// Slice is a view of n values starting at off.
+	Slice(off, n int) Tensor
+}
+
+// Backend allocates tensors and runs the model's operations on them.
+type Backend interface {
+	Name() string
+
+	// Alloc returns a zeroed tensor of n values.
+	Alloc(n int) Tensor
+	Upload(dst Tensor, src []float32)
+	Download(dst []float32, src Tensor)
+	Zero(t Tensor)
+	Copy(dst, src Tensor)
+
+	// Gemm computes C = alpha·op(A)·op(B) + beta·C, row-major, op(X) being X
+	// or its transpose; op(A) is (m,k), op(B) (k,n), C (m,n).
+	Gemm(transA, transB bool, m, n, k int, alpha float32, a Tensor, lda int, b Tensor, ldb int, beta float32, c Tensor, ldc int)
+
+	Embed(out Tensor, ids []int32, w Tensor, n, D int)
+	EmbedBackward(dw, dout Tensor, ids []int32, n, D int)
+	Norm(out, mean, rstd, x, w, b Tensor, rows, D int, eps float32, rms bool)
+	NormBackward(dx, dw, db, dout, x, w, mean, rstd Tensor, rows, D int, rms bool)
+	Conv(u, pre, xi Tensor, ldx int, prev, w, bias Tensor, B, T, E, K int)
+	ConvBackward(dxi Tensor, ldx int, dw, dbias, du, pre, xi, prev, w Tensor, B, T, E, K int)
+	ConvState(next, prev, xi Tensor, ldx, B, T, E, K int)
+	Dt(delta, raw, bias Tensor, rows, E int)
+	DtBackward(draw, dbias, ddelta, raw Tensor, rows, E int)
+	// ScanCheckpoints is how many states per sequence Scan saves for
+	// ScanBackward at length T.
+	ScanCheckpoints(T int) int
+	Scan(y, u, delta, Bt, Ct Tensor, ldbc int, alog, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
+	ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct Tensor, ldbc int, alog, dskip, ckpt Tensor, B, T, E, N int)
+	Gate(out, y, z Tensor, ldz, rows, E int)
+	GateBackward(dy, dz, dout, y, z Tensor, ldz, rows, E int)
+	Add(dst, src Tensor)
+	// CrossEntropy returns Σ -ln p(target) over rows with a non-negative
+	// target; dlogits (may alias logits) and nll are optional outputs.
+	CrossEntropy(dlogits, nll, logits Tensor, targets []int32, n, V int, scale float32) float64
+}

@@ -1,0 +1,281 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/mambabyte/mambabyte/internal/backend"
+)
+
+// Pass holds the activations of one forward over a (B,T) batch. A training
+// pass keeps every layer's activations for Backward; an inference pass
+// reuses one layer's buffers for all layers. A Pass is reused across calls
+// with the same B and T; it is not safe for concurrent use.
+type Pass struct {
+	m     *Model
+	B, T  int
+	train bool
+
+	ids     []int32
+	targets []int32
+	prev    []backend.Tensor // per layer: conv inputs before t=0 (nil: zeros)
+
+	acts   []layerActs // len L (training) or 1
+	h      backend.Tensor
+	hL     backend.Tensor // residual stream after the last layer (BT,D)
+	nf     backend.Tensor // final norm output (BT,D)
+	meanF  backend.Tensor
+	rstdF  backend.Tensor
+	logits backend.Tensor // (BT,V); holds dlogits after a training Forward
+	grad   bool           // logits holds dlogits
+
+	// Backward scratch.
+	dh, dn, dg, dy, dxz, du, ddelta, dxdbl backend.Tensor
+}
+
+// layerActs is what one layer's forward keeps for its backward.
+type layerActs struct {
+	hIn        backend.Tensor // residual stream entering the layer (BT,D)
+	nrm        backend.Tensor // norm output (BT,D)
+	mean, rstd backend.Tensor // (BT)
+	xz         backend.Tensor // in_proj output (BT,2E): xi then z
+	pre, u     backend.Tensor // conv pre-activation and silu output (BT,E)
+	xdbl       backend.Tensor // x_proj output (BT,R+2N): r, Bt, Ct
+	raw, delta backend.Tensor // dt pre-activation (biased) and softplus (BT,E)
+	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
+	y, g       backend.Tensor // scan output and gated output (BT,E)
+}
+
+// NewPass allocates activations for batches of B sequences of T bytes.
+// A training pass can run Backward.
+func (m *Model) NewPass(B, T int, train bool) *Pass {
+	c := m.Cfg
+	be := m.BE
+	BT, D, E, N, R, V := B*T, c.DModel, c.DInner(), c.DState, c.Rank(), c.VocabSize
+	p := &Pass{m: m, B: B, T: T, train: train}
+	nl := 1
+	if train {
+		nl = c.NLayer
+	}
+	p.acts = make([]layerActs, nl)
+	for i := range p.acts {
+		a := &p.acts[i]
+		a.hIn = be.Alloc(BT * D)
+		a.nrm = be.Alloc(BT * D)
+		a.mean, a.rstd = be.Alloc(BT), be.Alloc(BT)
+		a.xz = be.Alloc(BT * 2 * E)
+		a.u = be.Alloc(BT * E)
+		a.xdbl = be.Alloc(BT * (R + 2*N))
+		a.raw, a.delta = be.Alloc(BT*E), be.Alloc(BT*E)
+		a.y, a.g = be.Alloc(BT*E), be.Alloc(BT*E)
+		if train {
+			a.pre = be.Alloc(BT * E)
+			a.ckpt = be.Alloc(B * be.ScanCheckpoints(T) * E * N)
+		}
+	}
+	p.hL = be.Alloc(BT * D)
+	p.nf = be.Alloc(BT * D)
+	p.meanF, p.rstdF = be.Alloc(BT), be.Alloc(BT)
+	p.logits = be.Alloc(BT * V)
+	if train {
+		p.dh, p.dn = be.Alloc(BT*D), be.Alloc(BT*D)
+		p.dg, p.dy = be.Alloc(BT*E), be.Alloc(BT*E)
+		p.dxz = be.Alloc(BT * 2 * E)
+		p.du, p.ddelta = be.Alloc(BT*E), be.Alloc(BT*E)
+		p.dxdbl = be.Alloc(BT * (R + 2*N))
+	}
+	return p
+}
+
+// Forward runs the network over ids (B·T bytes, row-major (B,T)).
+//
+// If st is not nil it must have B streams: the pass starts from its conv
+// and SSM states and leaves the states after the last byte in it, so a long
+// sequence can be processed in consecutive chunks (a training pass does
+// not take a state).
+//
+// If targets (B·T, negative = not scored) is not nil, Forward returns the
+// sum of -ln p(target) and the number of scored positions; nll, if not nil,
+// receives each position's -ln p. In a training pass, gradScale scales the
+// gradient that Backward will propagate (1/count gives the mean loss's
+// gradient; accumulation over micro-batches divides by the total count).
+func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale float32) (sum float64, count int, err error) {
+	m, be, c := p.m, p.m.BE, p.m.Cfg
+	B, T := p.B, p.T
+	BT, D, E, N, K, R, V := B*T, c.DModel, c.DInner(), c.DState, c.DConv, c.Rank(), c.VocabSize
+	if len(ids) != BT {
+		return 0, 0, fmt.Errorf("forward: %d ids for a (%d,%d) batch", len(ids), B, T)
+	}
+	for i, id := range ids {
+		if id < 0 || int(id) >= V {
+			return 0, 0, fmt.Errorf("forward: id %d at position %d outside the vocabulary of %d", id, i, V)
+		}
+	}
+	if targets != nil {
+		if len(targets) != BT {
+			return 0, 0, fmt.Errorf("forward: %d targets for a (%d,%d) batch", len(targets), B, T)
+		}
+		for i, tg := range targets {
+			if int(tg) >= V {
+				return 0, 0, fmt.Errorf("forward: target %d at position %d outside the vocabulary of %d", tg, i, V)
+			}
+			if tg >= 0 {
+				count++
+			}
+		}
+	}
+	if st != nil {
+		if p.train {
+			return 0, 0, fmt.Errorf("forward: a training pass starts from a zero state")
+		}
+		if st.Streams != B {
+			return 0, 0, fmt.Errorf("forward: state has %d streams, batch has %d", st.Streams, B)
+		}
+	}
+	if nll != nil && len(nll) != BT {
+		return 0, 0, fmt.Errorf("forward: nll has %d slots for %d positions", len(nll), BT)
+	}
+	p.ids = append(p.ids[:0], ids...)
+	p.targets = append(p.targets[:0], targets...)
+	p.grad = false
+	rms := c.Norm == RMSNorm
+	eps := float32(c.NormEps)
+	ldbc := R + 2*N
+
+	h := p.acts[0].hIn
+	be.Embed(h, ids, m.p.embed, BT, D)
+	for l := 0; l < c.NLayer; l++ {
+		a := &p.acts[l%len(p.acts)]
+		w := &m.p.layers[l]
+		// 1. Pre-norm: nrm = Norm(h)                                   (BT,D)
+		be.Norm(a.nrm, a.mean, a.rstd, h, w.norm, w.normB, BT, D, eps, rms)
+		// 2. [xi, z] = nrm · W_inᵀ                                     (BT,2E)
+		be.Gemm(false, true, BT, 2*E, D, 1, a.nrm, D, w.inProj, D, 0, a.xz, 2*E)
+		// 3. u = silu(causal depthwise conv(xi))                       (BT,E)
+		var prev backend.Tensor
+		if st != nil {
+			prev = st.conv[l]
+		}
+		be.Conv(a.u, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
+		if st != nil {
+			be.ConvState(st.conv[l], st.conv[l], a.xz, 2*E, B, T, E, K)
+		}
+		// 4. [r, Bt, Ct] = u · W_xᵀ                                    (BT,R+2N)
+		be.Gemm(false, true, BT, ldbc, E, 1, a.u, E, w.xProj, E, 0, a.xdbl, ldbc)
+		// 5. Δ = softplus(r · W_dtᵀ + b_dt)                            (BT,E)
+		be.Gemm(false, true, BT, E, R, 1, a.xdbl, ldbc, w.dtProj, R, 0, a.raw, E)
+		be.Dt(a.delta, a.raw, w.dtBias, BT, E)
+		// 6. y = selective scan + D·u                                  (BT,E)
+		var s backend.Tensor
+		if st != nil {
+			s = st.ssm[l]
+		}
+		bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
+		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
+		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, w.alog, w.dskip, s, s, a.ckpt, B, T, E, N)
+		// 7. g = y ⊙ silu(z)                                           (BT,E)
+		z := a.xz.Slice(E, a.xz.Len()-E)
+		be.Gate(a.g, a.y, z, 2*E, BT, E)
+		// 8. h = h + g · W_outᵀ                                        (BT,D)
+		// A training pass keeps each layer's input, so the sum goes to the
+		// next layer's buffer; inference adds in place.
+		out := h
+		if p.train {
+			out = p.hL
+			if l+1 < c.NLayer {
+				out = p.acts[l+1].hIn
+			}
+			be.Copy(out, h)
+		}
+		be.Gemm(false, true, BT, D, E, 1, a.g, E, w.outProj, E, 1, out, D)
+		h = out
+	}
+	if !p.train {
+		be.Copy(p.hL, h)
+	}
+	// Final norm and head: logits = Norm_f(h) · W_headᵀ                 (BT,V)
+	be.Norm(p.nf, p.meanF, p.rstdF, p.hL, m.p.normF, m.p.normFB, BT, D, eps, rms)
+	be.Gemm(false, true, BT, V, D, 1, p.nf, D, m.p.head, D, 0, p.logits, V)
+	if targets == nil {
+		return 0, 0, nil
+	}
+	var nllT backend.Tensor
+	if nll != nil {
+		nllT = be.Alloc(BT)
+	}
+	var dlogits backend.Tensor
+	if p.train && gradScale != 0 {
+		// The logits are not needed after this; keep only their gradient.
+		dlogits = p.logits
+		p.grad = true
+	}
+	sum = be.CrossEntropy(dlogits, nllT, p.logits, targets, BT, V, gradScale)
+	if nll != nil {
+		be.Download(nll, nllT)
+	}
+	return sum, count, nil
+}
+
+// Logits copies the logits of the last Forward (B·T·V) into dst. After a
+// training Forward with targets they have been replaced by their gradient.
+func (p *Pass) Logits(dst []float32) {
+	p.m.BE.Download(dst, p.logits)
+}
+
+// Backward adds the gradient of the scaled loss of the last Forward to the
+// model's gradients (AllocGrads first).
+func (p *Pass) Backward() error {
+	if !p.train || !p.grad {
+		return fmt.Errorf("backward: needs a training pass whose Forward had targets and a gradient scale")
+	}
+	m, be, c := p.m, p.m.BE, p.m.Cfg
+	if m.Grads == nil {
+		return fmt.Errorf("backward: gradients not allocated")
+	}
+	B, T := p.B, p.T
+	BT, D, E, N, K, R, V := B*T, c.DModel, c.DInner(), c.DState, c.DConv, c.Rank(), c.VocabSize
+	rms := c.Norm == RMSNorm
+	ldbc := R + 2*N
+	dlogits := p.logits
+
+	// Head: dW_head += dlogitsᵀ·nf; dnf = dlogits·W_head.
+	be.Gemm(true, false, V, D, BT, 1, dlogits, V, p.nf, D, 1, m.g.head, D)
+	be.Gemm(false, false, BT, D, V, 1, dlogits, V, m.p.head, D, 0, p.dn, D)
+	be.Zero(p.dh)
+	be.NormBackward(p.dh, m.g.normF, m.g.normFB, p.dn, p.hL, m.p.normF, p.meanF, p.rstdF, BT, D, rms)
+
+	for l := c.NLayer - 1; l >= 0; l-- {
+		a := &p.acts[l]
+		w := &m.p.layers[l]
+		gw := &m.g.layers[l]
+		// 8. out = g·W_outᵀ: dW_out += dhᵀ·g; dg = dh·W_out.
+		be.Gemm(true, false, D, E, BT, 1, p.dh, D, a.g, E, 1, gw.outProj, E)
+		be.Gemm(false, false, BT, E, D, 1, p.dh, D, w.outProj, E, 0, p.dg, E)
+		// 7. gate.
+		z := a.xz.Slice(E, a.xz.Len()-E)
+		dz := p.dxz.Slice(E, p.dxz.Len()-E)
+		be.GateBackward(p.dy, dz, p.dg, a.y, z, 2*E, BT, E)
+		// 6. scan.
+		bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
+		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
+		dbt := p.dxdbl.Slice(R, p.dxdbl.Len()-R)
+		dct := p.dxdbl.Slice(R+N, p.dxdbl.Len()-R-N)
+		be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, w.alog, w.dskip, a.ckpt, B, T, E, N)
+		// 5. dt: draw overwrites ddelta; dW_dt += drawᵀ·r; dr = draw·W_dt.
+		be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
+		be.Gemm(true, false, E, R, BT, 1, p.ddelta, E, a.xdbl, ldbc, 1, gw.dtProj, R)
+		be.Gemm(false, false, BT, R, E, 1, p.ddelta, E, w.dtProj, R, 0, p.dxdbl, ldbc)
+		// 4. x_proj: dW_x += dxdblᵀ·u; du += dxdbl·W_x.
+		be.Gemm(true, false, ldbc, E, BT, 1, p.dxdbl, ldbc, a.u, E, 1, gw.xProj, E)
+		be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
+		// 3. conv: writes dxi (first E columns of dxz).
+		be.ConvBackward(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.pre, a.xz, nil, w.convW, B, T, E, K)
+		// 2. in_proj: dW_in += dxzᵀ·nrm; dn = dxz·W_in.
+		be.Gemm(true, false, 2*E, D, BT, 1, p.dxz, 2*E, a.nrm, D, 1, gw.inProj, D)
+		be.Gemm(false, false, BT, D, 2*E, 1, p.dxz, 2*E, w.inProj, D, 0, p.dn, D)
+		// 1. norm: the residual passes dh through; the norm adds its part.
+		be.NormBackward(p.dh, gw.norm, gw.normB, p.dn, a.hIn, w.norm, a.mean, a.rstd, BT, D, rms)
+	}
+	be.EmbedBackward(m.g.embed, p.dh, p.ids, BT, D)
+	p.grad = false
+	return nil
+}

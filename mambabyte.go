@@ -1,0 +1,208 @@
+// Package mambabyte loads token-free byte-level Mamba language models
+// (MambaByte) and uses them: score text in bits per byte and generate text
+// with a fixed-size recurrent state.
+//
+// A model is a checkpoint directory of one of three kinds: this project's
+// own (config.json + model.safetensors, HF-compatible names), HF
+// transformers' MambaForCausalLM, or mamba_ssm's MambaLMHeadModel (the
+// format of the released MambaByte checkpoints, config.json +
+// pytorch_model.bin). Weights in bf16 or fp16 are converted to float32.
+//
+// Nothing is downloaded: Load reads a local directory.
+package mambabyte
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+
+	"github.com/mambabyte/mambabyte/internal/backend/cpu"
+	"github.com/mambabyte/mambabyte/internal/checkpoint"
+	"github.com/mambabyte/mambabyte/internal/model"
+)
+
+// Config describes a model's shape; see the field comments.
+type Config = model.Config
+
+// Model is a loaded language model over bytes (or, for a subword model,
+// over token ids below its vocabulary size).
+type Model struct {
+	m      *model.Model
+	format string
+}
+
+// Load reads a checkpoint directory.
+func Load(dir string) (*Model, error) {
+	cfg, tensors, format, err := checkpoint.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := model.New(cfg, cpu.New())
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", dir, err)
+	}
+	if err := m.SetParams(tensors); err != nil {
+		return nil, fmt.Errorf("load %s: %w", dir, err)
+	}
+	return &Model{m: m, format: string(format)}, nil
+}
+
+// Config returns the model's configuration.
+func (m *Model) Config() Config { return m.m.Cfg }
+
+// Format is the kind of checkpoint the model was loaded from: "native",
+// "hf" or "mamba_ssm".
+func (m *Model) Format() string { return m.format }
+
+// EvalResult is the score of a text.
+type EvalResult struct {
+	NLL   float64 `json:"nll"`   // mean negative log-likelihood, nats per byte
+	BPB   float64 `json:"bpb"`   // NLL / ln 2, bits per byte
+	Bytes int64   `json:"bytes"` // bytes scored: every byte after the first
+}
+
+// DefaultChunk is how many bytes Eval runs through the model at once.
+const DefaultChunk = 2048
+
+// Eval scores every byte of r after the first, as one sequence: the model
+// reads it in chunks of chunk bytes (DefaultChunk if chunk <= 0) and
+// carries its recurrent state from one chunk to the next, so the result
+// does not depend on the chunk size. A text of fewer than two bytes is an
+// error.
+func (m *Model) Eval(r io.Reader, chunk int) (EvalResult, error) {
+	if chunk <= 0 {
+		chunk = DefaultChunk
+	}
+	br := bufio.NewReaderSize(r, 1<<16)
+	st := m.m.NewState(1)
+	var pass *model.Pass
+	buf := make([]byte, 0, chunk+1)
+	var sum float64
+	var scored int64
+	ids := make([]int32, chunk)
+	tg := make([]int32, chunk)
+	for {
+		// buf holds the chunk's bytes plus one byte of lookahead: the
+		// target of the chunk's last position.
+		n, err := io.ReadFull(br, buf[len(buf):chunk+1])
+		buf = buf[:len(buf)+n]
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return EvalResult{}, err
+		}
+		if len(buf) < 2 {
+			break
+		}
+		T := len(buf) - 1
+		for i := 0; i < T; i++ {
+			ids[i] = int32(buf[i])
+			tg[i] = int32(buf[i+1])
+		}
+		if pass == nil || pass.T != T {
+			pass = m.m.NewPass(1, T, false)
+		}
+		s, c, ferr := pass.Forward(ids[:T], tg[:T], st, nil, 0)
+		if ferr != nil {
+			return EvalResult{}, ferr
+		}
+		sum += s
+		scored += int64(c)
+		last := buf[T]
+		buf = append(buf[:0], last)
+		if err != nil { // end of input reached
+			break
+		}
+	}
+	if scored == 0 {
+		return EvalResult{}, fmt.Errorf("eval: the text has fewer than 2 bytes; nothing to score")
+	}
+	nll := sum / float64(scored)
+	return EvalResult{NLL: nll, BPB: nll / math.Ln2, Bytes: scored}, nil
+}
+
+// GenerateOptions control Generate.
+type GenerateOptions struct {
+	MaxBytes    int     // bytes to produce
+	Greedy      bool    // always take the most likely byte
+	Temperature float64 // sampling temperature (1 if 0); ignored when Greedy
+	Seed        uint64  // sampling seed: same seed, same output
+}
+
+// Generate continues prompt (at least one byte) and calls emit with each
+// new byte as soon as it is chosen. It stops after MaxBytes bytes or when
+// emit returns an error, which Generate returns.
+func (m *Model) Generate(prompt []byte, opt GenerateOptions, emit func(b byte) error) error {
+	if len(prompt) == 0 {
+		return fmt.Errorf("generate: the prompt is empty; give at least one byte")
+	}
+	V := m.m.Cfg.VocabSize
+	st := m.m.NewState(1)
+	ids := make([]int32, len(prompt))
+	for i, b := range prompt {
+		ids[i] = int32(b)
+	}
+	// Read the prompt in one parallel pass; its last logits give the first
+	// new byte.
+	pass := m.m.NewPass(1, len(ids), false)
+	if _, _, err := pass.Forward(ids, nil, st, nil, 0); err != nil {
+		return err
+	}
+	all := make([]float32, len(ids)*V)
+	pass.Logits(all)
+	logits := all[(len(ids)-1)*V:]
+	temp := opt.Temperature
+	if temp == 0 {
+		temp = 1
+	}
+	rng := rand.New(rand.NewPCG(opt.Seed, 0x67656e))
+	sp := m.m.NewStepper(1)
+	for i := 0; i < opt.MaxBytes; i++ {
+		var next int
+		if opt.Greedy {
+			next = argmax(logits)
+		} else {
+			next = sample(logits, temp, rng)
+		}
+		if err := emit(byte(next)); err != nil {
+			return err
+		}
+		if i+1 == opt.MaxBytes {
+			break
+		}
+		var err error
+		if logits, err = sp.Step(st, []int32{int32(next)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func argmax(x []float32) int {
+	best := 0
+	for i, v := range x {
+		if v > x[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+func sample(logits []float32, temp float64, rng *rand.Rand) int {
+	mx := logits[argmax(logits)]
+	p := make([]float64, len(logits))
+	var z float64
+	for i, v := range logits {
+		p[i] = math.Exp(float64(v-mx) / temp)
+		z += p[i]
+	}
+	u := rng.Float64() * z
+	for i, v := range p {
+		u -= v
+		if u < 0 {
+			return i
+		}
+	}
+	return len(p) - 1
+}

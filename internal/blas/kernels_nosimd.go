@@ -1,0 +1,7 @@
+//go:build !(amd64 && goexperiment.simd)
+
+package blas
+
+// simdKernels reports that this build has no SIMD kernels: without
+// GOEXPERIMENT=simd on amd64, Gemm, Dot and Axpy run plainKernels.
+func simdKernels() *kernels { return nil }

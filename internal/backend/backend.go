@@ -52,4 +52,13 @@ type Backend interface {
 	// CrossEntropy returns Σ -ln p(target) over rows with a non-negative
 	// target; dlogits (may alias logits) and nll are optional outputs.
 	CrossEntropy(dlogits, nll, logits Tensor, targets []int32, n, V int, scale float32) float64
+
+	// SumSquares is Σ t[i]², accumulated in float64 (gradient norms).
+	SumSquares(t Tensor) float64
+	// Scale multiplies t by s in place.
+	Scale(t Tensor, s float32)
+	// AdamW updates param and its moments m and v in place from grad, with
+	// decoupled weight decay wd and bias corrections bc1 = 1-β1^step,
+	// bc2 = 1-β2^step.
+	AdamW(param, grad, m, v Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32)
 }

@@ -205,3 +205,13 @@ func (c Config) NumParams() int64 {
 	}
 	return n
 }
+
+// TensorSpecsKey is a string that two configs share exactly when their
+// parameter tensors have the same names and shapes.
+func (c Config) TensorSpecsKey() string {
+	var b []byte
+	for _, s := range c.TensorSpecs() {
+		b = fmt.Appendf(b, "%s%v;", s.Name, s.Shape)
+	}
+	return string(b)
+}

@@ -231,3 +231,26 @@ func NoDecay(name string) bool {
 }
 
 func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
+
+// Run is a contiguous range of the parameter buffer whose tensors share
+// their weight-decay treatment.
+type Run struct {
+	Off, Len int
+	Decay    bool
+}
+
+// DecayRuns splits the parameter buffer into maximal runs of tensors that
+// are all decayed or all excluded from decay (see NoDecay).
+func (m *Model) DecayRuns() []Run {
+	var runs []Run
+	for _, s := range m.specs {
+		decay := !NoDecay(s.Name)
+		off := m.offsets[s.Name]
+		if n := len(runs); n > 0 && runs[n-1].Decay == decay && runs[n-1].Off+runs[n-1].Len == off {
+			runs[n-1].Len += s.Size()
+			continue
+		}
+		runs = append(runs, Run{Off: off, Len: s.Size(), Decay: decay})
+	}
+	return runs
+}

@@ -286,3 +286,35 @@ func TestForwardRejectsBadInput(t *testing.T) {
 		t.Error("backward of an inference pass accepted")
 	}
 }
+
+func TestNoDecayAndRuns(t *testing.T) {
+	for name, want := range map[string]bool{
+		"backbone.layers.3.mixer.A_log":          true,
+		"backbone.layers.3.mixer.D":              true,
+		"backbone.layers.3.mixer.dt_proj.bias":   true,
+		"backbone.layers.3.mixer.conv1d.bias":    true,
+		"backbone.layers.3.norm.weight":          true,
+		"backbone.layers.3.norm.bias":            true,
+		"backbone.norm_f.weight":                 true,
+		"backbone.layers.3.mixer.in_proj.weight": false,
+		"backbone.layers.3.mixer.conv1d.weight":  false,
+		"backbone.embeddings.weight":             false,
+		"lm_head.weight":                         false,
+	} {
+		if got := model.NoDecay(name); got != want {
+			t.Errorf("NoDecay(%q) = %v, want %v", name, got, want)
+		}
+	}
+	m := perturbed(t, testConfigs()["rmsnorm-odd"], 1)
+	total, next := 0, 0
+	for _, r := range m.DecayRuns() {
+		if r.Off != next {
+			t.Fatalf("run at %d, want %d", r.Off, next)
+		}
+		next = r.Off + r.Len
+		total += r.Len
+	}
+	if int64(total) != m.Cfg.NumParams() {
+		t.Fatalf("runs cover %d values, model has %d", total, m.Cfg.NumParams())
+	}
+}

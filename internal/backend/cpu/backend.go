@@ -100,3 +100,11 @@ func (Backend) Add(dst, src backend.Tensor) { Add(f(dst), f(src)) }
 func (Backend) CrossEntropy(dlogits, nll, logits backend.Tensor, targets []int32, n, V int, scale float32) float64 {
 	return CrossEntropy(f(dlogits), f(nll), f(logits), targets, n, V, scale)
 }
+
+func (Backend) SumSquares(t backend.Tensor) float64 { return SumSquares(f(t)) }
+
+func (Backend) Scale(t backend.Tensor, s float32) { Scale(f(t), s) }
+
+func (Backend) AdamW(param, grad, m, v backend.Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32) {
+	AdamW(f(param), f(grad), f(m), f(v), lr, beta1, beta2, eps, wd, bc1, bc2)
+}

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"github.com/mambabyte/mambabyte/internal/backend"
+	"github.com/mambabyte/mambabyte/internal/blas"
 )
 
 // Slice is a CPU tensor: plain Go memory.
@@ -38,7 +39,7 @@ func (Backend) Zero(t backend.Tensor)                      { clear(f(t)) }
 func (Backend) Copy(dst, src backend.Tensor)               { copy(f(dst), f(src)) }
 
 func (Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backend.Tensor, lda int, b backend.Tensor, ldb int, beta float32, c backend.Tensor, ldc int) {
-	gemmTmp(transA, transB, m, n, k, alpha, f(a), lda, f(b), ldb, beta, f(c), ldc)
+	blas.Gemm(transA, transB, m, n, k, alpha, f(a), lda, f(b), ldb, beta, f(c), ldc)
 }
 
 func (Backend) Embed(out backend.Tensor, ids []int32, w backend.Tensor, n, D int) {

@@ -202,7 +202,7 @@ func gemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, ld
 					}
 					bp := unsafe.Pointer(&s.b[jr*kc])
 					for ir := 0; ir < mc; ir += mr {
-						mh := min(mr, mc-ir) // rows of C in this tile
+						mh := min(mr, mc-ir)              // rows of C in this tile
 						ap := unsafe.Pointer(&s.a[ir*kc]) // both layouts
 						ci := (ic+ir)*ldc + jc + jr
 						if mh == mr && nw == w {

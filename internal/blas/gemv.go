@@ -14,9 +14,9 @@ const (
 	// gemvKChunk bounds the stretch of four rows of B (4·gemvKChunk floats,
 	// 16 KiB) that the m > 1 GEMV path rereads from L1 for each row of A.
 	gemvKChunk = 1024
-	// axpyCols is the width of the C strip (m rows, at most 16 KiB) the
-	// AXPY path keeps in L1 while it streams rows of B.
-	axpyCols = 512
+	// axpyCols is the width of the C strip (m rows, 8 KiB each) the
+	// AXPY path keeps in cache while it streams rows of B.
+	axpyCols = 2048
 )
 
 // rowsOfA returns the rows of op(A) as contiguous slices of k floats,

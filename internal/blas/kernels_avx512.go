@@ -148,18 +148,25 @@ func dotAVX512(x, y []float32) float32 {
 	return hsum(s0.Add(s1).Add(s2.Add(s3)))
 }
 
-// dot4AVX512 replaces dot4Plain.
+// dot4AVX512 replaces dot4Plain. It streams four rows of a matrix (the
+// decoding GEMV), so its main loop reads through pointers without bounds
+// checks; the lengths are checked once on entry.
 func dot4AVX512(x, w0, w1, w2, w3 []float32) (float32, float32, float32, float32) {
 	n := len(x)
 	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
 	var s0, s1, s2, s3 archsimd.Float32x16
 	i := 0
-	for ; i+16 <= n; i += 16 {
-		v := archsimd.LoadFloat32x16Slice(x[i:])
-		s0 = archsimd.LoadFloat32x16Slice(w0[i:]).MulAdd(v, s0)
-		s1 = archsimd.LoadFloat32x16Slice(w1[i:]).MulAdd(v, s1)
-		s2 = archsimd.LoadFloat32x16Slice(w2[i:]).MulAdd(v, s2)
-		s3 = archsimd.LoadFloat32x16Slice(w3[i:]).MulAdd(v, s3)
+	if n >= 16 {
+		px := unsafe.Pointer(&x[0])
+		p0, p1, p2, p3 := unsafe.Pointer(&w0[0]), unsafe.Pointer(&w1[0]), unsafe.Pointer(&w2[0]), unsafe.Pointer(&w3[0])
+		for ; i+16 <= n; i += 16 {
+			o := uintptr(i) * 4
+			v := load16(unsafe.Add(px, o))
+			s0 = load16(unsafe.Add(p0, o)).MulAdd(v, s0)
+			s1 = load16(unsafe.Add(p1, o)).MulAdd(v, s1)
+			s2 = load16(unsafe.Add(p2, o)).MulAdd(v, s2)
+			s3 = load16(unsafe.Add(p3, o)).MulAdd(v, s3)
+		}
 	}
 	if i < n {
 		v := archsimd.LoadFloat32x16SlicePart(x[i:])

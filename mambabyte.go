@@ -18,10 +18,13 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 
 	"github.com/mambabyte/mambabyte/internal/backend/cpu"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
 	"github.com/mambabyte/mambabyte/internal/model"
+	"github.com/mambabyte/mambabyte/internal/train"
 )
 
 // Config describes a model's shape; see the field comments.
@@ -34,8 +37,14 @@ type Model struct {
 	format string
 }
 
-// Load reads a checkpoint directory.
+// Load reads a checkpoint directory, or the latest checkpoint of a
+// training run directory (one with a "latest" file).
 func Load(dir string) (*Model, error) {
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); os.IsNotExist(err) {
+		if latest, lerr := train.LatestCheckpoint(dir); lerr == nil && latest != "" {
+			dir = latest
+		}
+	}
 	cfg, tensors, format, err := checkpoint.Load(dir)
 	if err != nil {
 		return nil, err

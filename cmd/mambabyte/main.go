@@ -3,6 +3,7 @@
 //
 // Usage:
 //
+//	mambabyte train --data PATH --out DIR [--preset NAME] [--resume]
 //	mambabyte eval --model DIR --data FILE [--json] [--chunk N]
 //	mambabyte generate --model DIR (--prompt TEXT | --prompt-file FILE) --max-bytes N [--greedy]
 //
@@ -25,6 +26,7 @@ import (
 const usage = `mambabyte: token-free byte-level Mamba language models
 
 Commands:
+  train      train a model on files, directories or globs (.gz/.dz too)
   eval       score a file in bits per byte
   generate   continue a prompt
 
@@ -37,6 +39,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
+		"train":    cmdTrain,
 		"eval":     cmdEval,
 		"generate": cmdGenerate,
 	}

@@ -156,7 +156,7 @@ func TestConvState(t *testing.T) {
 
 func TestScanMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
-	for _, tc := range []struct{ B, T, E, N int }{{1, 1, 1, 1}, {2, 5, 3, 4}, {2, 150, 20, 16}, {1, 70, 9, 7}} {
+	for _, tc := range []struct{ B, T, E, N int }{{1, 1, 1, 1}, {2, 5, 3, 4}, {2, 150, 20, 16}, {1, 70, 9, 7}, {2, 150, 32, 16}, {1, 70, 48, 7}, {3, 9, 64, 1}} {
 		for _, withState := range []bool{false, true} {
 			B, T, E, N := tc.B, tc.T, tc.E, tc.N
 			ldbc := 2*N + 3
@@ -205,7 +205,13 @@ func TestScanBackwardFiniteDifference(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 14))
 	// T spans several chunks so the recomputation inside ScanBackward is
 	// exercised; ScanChunk is large, so use few channels.
-	B, T, E, N := 2, ScanChunk+9, 3, 4
+	for _, E := range []int{3, 16} { // 16: the vector kernels where built
+		testScanBackwardFD(t, r, E)
+	}
+}
+
+func testScanBackwardFD(t *testing.T, r *rand.Rand, E int) {
+	B, T, N := 2, ScanChunk+9, 4
 	ldbc := 2*N + 2
 	u := randSlice(r, B*T*E, 1)
 	delta := make([]float32, B*T*E)

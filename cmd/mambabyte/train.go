@@ -1,0 +1,403 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mambabyte/mambabyte/internal/backend/cpu"
+	"github.com/mambabyte/mambabyte/internal/checkpoint"
+	"github.com/mambabyte/mambabyte/internal/data"
+	"github.com/mambabyte/mambabyte/internal/model"
+	"github.com/mambabyte/mambabyte/internal/train"
+)
+
+// preset is a named model shape with training settings that suit it.
+type preset struct {
+	about              string
+	dModel, nLayer     int
+	seqLen, batch, acc int
+}
+
+var presets = map[string]preset{
+	"tiny":  {"0.1M parameters; seconds on a CPU (tests, smoke runs)", 64, 2, 256, 8, 1},
+	"small": {"2.6M parameters; trains on a laptop CPU in tens of minutes", 256, 6, 1024, 8, 1},
+	"base":  {"10M parameters; hours on a CPU", 512, 6, 1024, 8, 1},
+	"353m":  {"the paper's MambaByte-353M (D 1024, L 53): a GPU model", 1024, 53, 8192, 4, 12},
+	"972m":  {"the paper's MambaByte-972M (D 1792, L 48): a GPU model", 1792, 48, 8192, 4, 12},
+}
+
+func presetNames() string {
+	var names []string
+	for n := range presets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdTrain(args []string) error {
+	fs := newFlags("train", "--data PATH [--data PATH ...] --out DIR [--preset NAME] [flags]")
+	var specs stringList
+	fs.Var(&specs, "data", "training text: a `file`, directory or glob; .gz and .dz are decompressed (repeatable)")
+	out := fs.String("out", "", "run `directory`: checkpoints, metrics.jsonl, curve.svg")
+	presetName := fs.String("preset", "small", "model preset: "+presetNames())
+	resume := fs.Bool("resume", false, "continue the run in --out from its latest checkpoint")
+	asJSON := fs.Bool("json", false, "print each metrics line as JSON on stdout")
+	valFraction := fs.Float64("val-fraction", 0.01, "share of the corpus held out for validation")
+	valBytes := fs.Int64("val-bytes", 1<<20, "most validation bytes scored at each validation")
+	cacheDir := fs.String("cache-dir", "", "where plain .gz files are decompressed once (default: the system temp dir)")
+
+	// Model shape (defaults come from the preset).
+	dModel := fs.Int("d-model", 0, "model width D")
+	nLayer := fs.Int("n-layer", 0, "layers L")
+	dState := fs.Int("d-state", 16, "SSM state size N")
+	dConv := fs.Int("d-conv", 4, "conv width K")
+	expand := fs.Int("expand", 2, "inner width E = expand·D")
+	dtRank := fs.Int("dt-rank", 0, "dt rank R (0: ceil(D/16))")
+	norm := fs.String("norm", "layernorm", "layernorm or rmsnorm")
+	untied := fs.Bool("untied", false, "separate output head instead of the tied embedding")
+
+	// Optimisation.
+	d := train.Defaults(model.DefaultConfig())
+	steps := fs.Int("steps", d.Steps, "optimizer steps")
+	batch := fs.Int("batch", 0, "windows per micro-batch (default: the preset's)")
+	accum := fs.Int("accum", 0, "micro-batches per step (default: the preset's)")
+	seqLen := fs.Int("seq-len", 0, "bytes per window T (default: the preset's)")
+	lr := fs.Float64("lr", d.LR, "peak learning rate")
+	minLR := fs.Float64("min-lr", -1, "final learning rate (default lr/10)")
+	warmup := fs.Int("warmup", d.Warmup, "linear warm-up steps")
+	wd := fs.Float64("weight-decay", d.WeightDecay, "AdamW weight decay (not on A_log, D, norms, biases)")
+	clip := fs.Float64("clip", d.Clip, "global gradient-norm limit (0: none)")
+	seed := fs.Uint64("seed", d.Seed, "seed for initialisation and data order")
+	valEvery := fs.Int("val-every", d.ValEvery, "steps between validations")
+	logEvery := fs.Int("log-every", d.LogEvery, "steps between metrics lines")
+	ckptEvery := fs.Int("ckpt-every", d.CkptEvery, "steps between checkpoints")
+	keep := fs.Int("keep", d.Keep, "checkpoints kept (0: all)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *out == "" {
+		return fmt.Errorf("--out is required")
+	}
+	if len(specs) == 0 {
+		return fmt.Errorf("--data is required (a file, directory or glob)")
+	}
+
+	var opt train.Options
+	var resumeStep int
+	latest, err := train.LatestCheckpoint(*out)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *resume && latest == "":
+		return fmt.Errorf("--resume: %s has no checkpoint to resume from", *out)
+	case !*resume && latest != "":
+		return fmt.Errorf("%s already holds a run (latest checkpoint %s); pass --resume to continue it or choose another --out", *out, filepath.Base(latest))
+	case *resume:
+		// The saved options win; only the length of the run and the
+		// logging cadence may change.
+		for name := range set {
+			switch name {
+			case "data", "out", "resume", "json", "steps", "val-every", "log-every", "ckpt-every", "keep", "cache-dir", "val-bytes":
+			default:
+				return fmt.Errorf("--resume continues the saved run with its own settings; remove --%s", name)
+			}
+		}
+		if opt, resumeStep, err = train.SavedOptions(*out); err != nil {
+			return err
+		}
+		if set["steps"] {
+			opt.Steps = *steps
+		}
+		if set["val-every"] {
+			opt.ValEvery = *valEvery
+		}
+		if set["log-every"] {
+			opt.LogEvery = *logEvery
+		}
+		if set["ckpt-every"] {
+			opt.CkptEvery = *ckptEvery
+		}
+		if set["keep"] {
+			opt.Keep = *keep
+		}
+		if resumeStep >= opt.Steps {
+			return fmt.Errorf("the run in %s already finished %d of %d steps; raise --steps to train further", *out, resumeStep, opt.Steps)
+		}
+	default:
+		p, ok := presets[*presetName]
+		if !ok {
+			return fmt.Errorf("unknown preset %q; choose one of %s", *presetName, presetNames())
+		}
+		cfg := model.DefaultConfig()
+		cfg.DModel, cfg.NLayer = p.dModel, p.nLayer
+		if set["d-model"] {
+			cfg.DModel = *dModel
+		}
+		if set["n-layer"] {
+			cfg.NLayer = *nLayer
+		}
+		cfg.DState, cfg.DConv, cfg.Expand, cfg.DTRank = *dState, *dConv, *expand, *dtRank
+		cfg.Norm = model.NormKind(*norm)
+		cfg.TieEmbeddings = !*untied
+		opt = train.Defaults(cfg)
+		opt.Batch, opt.Accum, opt.SeqLen = p.batch, p.acc, p.seqLen
+		if set["batch"] {
+			opt.Batch = *batch
+		}
+		if set["accum"] {
+			opt.Accum = *accum
+		}
+		if set["seq-len"] {
+			opt.SeqLen = *seqLen
+		}
+		opt.Steps, opt.LR, opt.Warmup = *steps, *lr, *warmup
+		opt.MinLR = *lr / 10
+		if set["min-lr"] {
+			opt.MinLR = *minLR
+		}
+		opt.WeightDecay, opt.Clip, opt.Seed = *wd, *clip, *seed
+		opt.ValEvery, opt.LogEvery, opt.CkptEvery, opt.Keep = *valEvery, *logEvery, *ckptEvery, *keep
+		if opt.Warmup >= opt.Steps {
+			opt.Warmup = opt.Steps / 10
+		}
+	}
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	if !(*valFraction > 0 && *valFraction < 0.5) {
+		return fmt.Errorf("--val-fraction must be in (0, 0.5), got %g", *valFraction)
+	}
+
+	// Data: every check happens before any training work.
+	var dopts []data.Option
+	if *cacheDir != "" {
+		dopts = append(dopts, data.WithCacheDir(*cacheDir))
+	}
+	corpus, err := data.Open(specs, dopts...)
+	if err != nil {
+		return err
+	}
+	defer corpus.Close()
+	split, err := corpus.Split(*valFraction, opt.Seed)
+	if err != nil {
+		return err
+	}
+	src, err := newCorpusData(split, opt, *valBytes)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+
+	be := cpu.New()
+	var tr *train.Trainer
+	if *resume {
+		tr, err = train.Resume(opt, be, src, *out)
+	} else {
+		tr, err = train.New(opt, be, src, *out)
+	}
+	if err != nil {
+		return err
+	}
+	metrics, err := train.OpenMetrics(filepath.Join(*out, train.MetricsFile), tr.Step)
+	if err != nil {
+		return err
+	}
+	defer metrics.Close()
+
+	cfg := opt.Model
+	fmt.Fprintf(os.Stderr, "model: D %d, L %d, N %d, K %d, E %d, R %d, %s, %s head: %.2fM parameters\n",
+		cfg.DModel, cfg.NLayer, cfg.DState, cfg.DConv, cfg.DInner(), cfg.Rank(), cfg.Norm, map[bool]string{true: "tied", false: "separate"}[cfg.TieEmbeddings], float64(cfg.NumParams())/1e6)
+	fmt.Fprintf(os.Stderr, "data: %d files, %s (train %s, validation %s; %d validation windows of %d bytes)\n",
+		len(corpus.Files()), human(corpus.Size()), human(split.TrainBytes()), human(split.ValidationBytes()), len(src.val), opt.SeqLen+1)
+	fmt.Fprintf(os.Stderr, "run: %d steps of %d×%d×%d bytes, lr %g→%g, warm-up %d, out %s", opt.Steps, opt.Batch, opt.Accum, opt.SeqLen, opt.LR, opt.MinLR, opt.Warmup, *out)
+	if tr.Step > 0 {
+		fmt.Fprintf(os.Stderr, ", resuming after step %d", tr.Step)
+	}
+	fmt.Fprintln(os.Stderr)
+
+	bar := newProgress(os.Stderr, opt.Steps, tr.Step)
+	plot := func() {
+		ms, err := train.ReadMetrics(filepath.Join(*out, train.MetricsFile))
+		if err != nil {
+			return
+		}
+		title := fmt.Sprintf("mambabyte: D %d, L %d, %.1fM parameters, T %d", cfg.DModel, cfg.NLayer, float64(cfg.NumParams())/1e6, opt.SeqLen)
+		var sb strings.Builder
+		if train.PlotSVG(&sb, title, ms) == nil {
+			checkpoint.WriteFileAtomic(filepath.Join(*out, train.PlotFile), []byte(sb.String()))
+		}
+	}
+	var logErr error
+	tr.Log = func(m train.Metrics) {
+		if err := metrics.Write(m); err != nil && logErr == nil {
+			logErr = err
+		}
+		if *asJSON {
+			b, _ := json.Marshal(m)
+			fmt.Println(string(b))
+		}
+		if m.ValBPB != nil {
+			bar.note(fmt.Sprintf("step %d: validation %.4f bits/byte", m.Step, *m.ValBPB))
+			plot()
+		}
+	}
+	tr.Progress = bar.update
+	tr.Saved = func(dir string) { bar.note("saved " + dir) }
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = tr.Run(ctx)
+	bar.finish()
+	plot()
+	if errors.Is(err, train.ErrStopped) {
+		fmt.Fprintf(os.Stderr, "stopped after step %d; checkpoint saved. Continue with: mambabyte train --data ... --out %s --resume\n", tr.Step, *out)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if logErr != nil {
+		return logErr
+	}
+	final, _ := train.LatestCheckpoint(*out)
+	fmt.Fprintf(os.Stderr, "done: %d steps; model in %s (use --model %s)\n", tr.Step, final, *out)
+	return nil
+}
+
+// corpusData serves a split corpus to the trainer.
+type corpusData struct {
+	s   *data.Sampler
+	val [][]byte
+}
+
+func newCorpusData(split *data.Split, opt train.Options, valBytes int64) (*corpusData, error) {
+	s, err := split.Sampler(opt.Batch, opt.SeqLen, opt.Seed)
+	if err != nil {
+		return nil, err
+	}
+	offs, err := split.ValidationWindows(opt.SeqLen, valBytes)
+	if err != nil {
+		return nil, err
+	}
+	w := opt.SeqLen + 1
+	buf := make([]byte, len(offs)*w)
+	if err := split.Corpus().ReadWindows(buf, offs, w); err != nil {
+		return nil, err
+	}
+	d := &corpusData{s: s}
+	for i := range offs {
+		d.val = append(d.val, buf[i*w:(i+1)*w:(i+1)*w])
+	}
+	return d, nil
+}
+
+func (d *corpusData) Batch(step, micro int, dst []byte) error { return d.s.Batch(dst, step, micro) }
+func (d *corpusData) Validation() [][]byte                    { return d.val }
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// progress draws a one-line bar on a terminal, or prints a line now and
+// then when stderr is a file or pipe.
+type progress struct {
+	w         io.Writer
+	tty       bool
+	total     int
+	lastLine  time.Time
+	lastVal   string
+	start     time.Time
+	startStep int
+	drawn     bool
+}
+
+func newProgress(w io.Writer, total, startStep int) *progress {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return &progress{w: w, tty: tty, total: total, start: time.Now(), startStep: startStep}
+}
+
+func (p *progress) update(m train.Metrics) {
+	if m.ValBPB != nil {
+		p.lastVal = fmt.Sprintf(" val %.3f", *m.ValBPB)
+	}
+	done := m.Step - p.startStep
+	eta := "?"
+	if done > 0 {
+		per := time.Since(p.start) / time.Duration(done)
+		eta = (per * time.Duration(p.total-m.Step)).Round(time.Second).String()
+	}
+	const width = 24
+	filled := width * m.Step / max(1, p.total)
+	line := fmt.Sprintf("%s %d/%d loss %.3f bpb %.3f%s lr %.2e %s/s ETA %s",
+		"["+strings.Repeat("#", filled)+strings.Repeat(".", width-filled)+"]",
+		m.Step, p.total, m.Loss, m.BPB, p.lastVal, m.LR, humanRate(m.BytesPerSec), eta)
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", line)
+		p.drawn = true
+		return
+	}
+	if time.Since(p.lastLine) >= 10*time.Second || m.Step == p.total || m.ValBPB != nil {
+		fmt.Fprintln(p.w, line)
+		p.lastLine = time.Now()
+	}
+}
+
+// note prints a message on its own line without breaking the bar.
+func (p *progress) note(s string) {
+	if p.tty && p.drawn {
+		fmt.Fprintf(p.w, "\r\033[K%s\n", s)
+		return
+	}
+	fmt.Fprintln(p.w, s)
+}
+
+func (p *progress) finish() {
+	if p.tty && p.drawn {
+		fmt.Fprintln(p.w)
+	}
+}
+
+func humanRate(r float64) string {
+	switch {
+	case r >= 1e6:
+		return fmt.Sprintf("%.2fMB", r/1e6)
+	case r >= 1e3:
+		return fmt.Sprintf("%.1fKB", r/1e3)
+	}
+	return fmt.Sprintf("%.0fB", r)
+}

@@ -13,17 +13,18 @@ package mambabyte
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 
 	"github.com/mambabyte/mambabyte/internal/backend/cpu"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
 	"github.com/mambabyte/mambabyte/internal/model"
+	"github.com/mambabyte/mambabyte/internal/sample"
 	"github.com/mambabyte/mambabyte/internal/train"
 )
 
@@ -131,20 +132,34 @@ func (m *Model) Eval(r io.Reader, chunk int) (EvalResult, error) {
 	return EvalResult{NLL: nll, BPB: nll / math.Ln2, Bytes: scored}, nil
 }
 
-// GenerateOptions control Generate.
+// GenerateOptions control Generate. The zero value samples at
+// temperature 1 from the full distribution with seed 0.
 type GenerateOptions struct {
-	MaxBytes    int     // bytes to produce
-	Greedy      bool    // always take the most likely byte
-	Temperature float64 // sampling temperature (1 if 0); ignored when Greedy
-	Seed        uint64  // sampling seed: same seed, same output
+	MaxBytes    int      // most bytes to produce
+	Greedy      bool     // always take the most likely byte
+	Temperature float64  // sampling temperature (1 if 0)
+	TopK        int      // sample among the K most likely bytes (0: all)
+	TopP        float64  // sample within the smallest set of probability P (0: all)
+	MinP        float64  // drop bytes less likely than MinP times the best (0: none)
+	Seed        uint64   // same seed, same output
+	Stop        []string // end when the text produces one of these (not emitted)
 }
 
-// Generate continues prompt (at least one byte) and calls emit with each
-// new byte as soon as it is chosen. It stops after MaxBytes bytes or when
-// emit returns an error, which Generate returns.
-func (m *Model) Generate(prompt []byte, opt GenerateOptions, emit func(b byte) error) error {
+// Generate continues prompt (at least one byte), calling emit with each
+// new piece of text as soon as it is chosen. Pieces never end inside a
+// UTF-8 character and never contain a stop string or a part of one. It
+// ends after MaxBytes bytes, at a stop string, when ctx is done (returning
+// ctx.Err()), or when emit returns an error (returned as is).
+func (m *Model) Generate(ctx context.Context, prompt []byte, opt GenerateOptions, emit func(piece []byte) error) error {
 	if len(prompt) == 0 {
 		return fmt.Errorf("generate: the prompt is empty; give at least one byte")
+	}
+	sopt := sample.Options{Greedy: opt.Greedy, Temperature: opt.Temperature, TopK: opt.TopK, TopP: opt.TopP, MinP: opt.MinP}
+	if err := sopt.Validate(); err != nil {
+		return fmt.Errorf("generate: %w", err)
+	}
+	if opt.MaxBytes < 0 {
+		return fmt.Errorf("generate: MaxBytes must not be negative")
 	}
 	V := m.m.Cfg.VocabSize
 	st := m.m.NewState(1)
@@ -161,23 +176,21 @@ func (m *Model) Generate(prompt []byte, opt GenerateOptions, emit func(b byte) e
 	all := make([]float32, len(ids)*V)
 	pass.Logits(all)
 	logits := all[(len(ids)-1)*V:]
-	temp := opt.Temperature
-	if temp == 0 {
-		temp = 1
-	}
-	rng := rand.New(rand.NewPCG(opt.Seed, 0x67656e))
+	smp := sample.New(sopt, opt.Seed)
+	out := sample.NewStream(emitWriter(emit), opt.Stop)
 	sp := m.m.NewStepper(1)
 	for i := 0; i < opt.MaxBytes; i++ {
-		var next int
-		if opt.Greedy {
-			next = argmax(logits)
-		} else {
-			next = sample(logits, temp, rng)
-		}
-		if err := emit(byte(next)); err != nil {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if i+1 == opt.MaxBytes {
+		next := smp.Next(logits)
+		if next > 255 {
+			return fmt.Errorf("generate: the model's vocabulary has %d entries; only byte models generate text", V)
+		}
+		if err := out.WriteByte(byte(next)); err != nil {
+			return err
+		}
+		if out.Stopped() || i+1 == opt.MaxBytes {
 			break
 		}
 		var err error
@@ -185,33 +198,15 @@ func (m *Model) Generate(prompt []byte, opt GenerateOptions, emit func(b byte) e
 			return err
 		}
 	}
-	return nil
+	return out.Close()
 }
 
-func argmax(x []float32) int {
-	best := 0
-	for i, v := range x {
-		if v > x[best] {
-			best = i
-		}
-	}
-	return best
-}
+// emitWriter adapts a callback to an io.Writer.
+type emitWriter func([]byte) error
 
-func sample(logits []float32, temp float64, rng *rand.Rand) int {
-	mx := logits[argmax(logits)]
-	p := make([]float64, len(logits))
-	var z float64
-	for i, v := range logits {
-		p[i] = math.Exp(float64(v-mx) / temp)
-		z += p[i]
+func (f emitWriter) Write(p []byte) (int, error) {
+	if err := f(p); err != nil {
+		return 0, err
 	}
-	u := rng.Float64() * z
-	for i, v := range p {
-		u -= v
-		if u < 0 {
-			return i
-		}
-	}
-	return len(p) - 1
+	return len(p), nil
 }

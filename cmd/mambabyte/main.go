@@ -12,12 +12,15 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"strings"
 	"time"
 
 	"github.com/mambabyte/mambabyte"
@@ -29,6 +32,7 @@ Commands:
   train      train a model on files, directories or globs (.gz/.dz too)
   eval       score a file in bits per byte
   generate   continue a prompt
+  bench      measure this machine: bandwidth, GEMM, decode, training
 
 Run "mambabyte COMMAND -h" for a command's flags.
 `
@@ -42,6 +46,7 @@ func main() {
 		"train":    cmdTrain,
 		"eval":     cmdEval,
 		"generate": cmdGenerate,
+		"bench":    cmdBench,
 	}
 	name := os.Args[1]
 	if name == "-h" || name == "--help" || name == "help" {
@@ -91,8 +96,8 @@ func cmdEval(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *dir == "" || *data == "" {
-		return fmt.Errorf("--model and --data are required")
+	if *data == "" {
+		return fmt.Errorf("--data is required")
 	}
 	if *chunk < 1 {
 		return fmt.Errorf("--chunk must be at least 1, got %d", *chunk)
@@ -102,7 +107,7 @@ func cmdEval(args []string) error {
 		return err
 	}
 	defer f.Close()
-	m, err := mambabyte.Load(*dir)
+	m, err := loadModel(*dir)
 	if err != nil {
 		return err
 	}
@@ -126,24 +131,39 @@ func cmdEval(args []string) error {
 }
 
 func cmdGenerate(args []string) error {
-	fs := newFlags("generate", "--model DIR (--prompt TEXT | --prompt-file FILE) --max-bytes N [--greedy]")
-	dir := fs.String("model", "", "checkpoint `directory` (native, HF or mamba_ssm)")
+	fs := newFlags("generate", "[--model DIR] (PROMPT | --prompt TEXT | --prompt-file FILE | --prompt-file -) [flags]")
+	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm)")
 	prompt := fs.String("prompt", "", "prompt `text`")
-	promptFile := fs.String("prompt-file", "", "read the prompt from `file`")
-	maxBytes := fs.Int("max-bytes", 256, "bytes to generate")
+	promptFile := fs.String("prompt-file", "", "read the prompt from `file` (- for standard input)")
+	maxBytes := fs.Int("max-bytes", 256, "most bytes to generate")
 	greedy := fs.Bool("greedy", false, "always take the most likely byte")
 	temp := fs.Float64("temperature", 1, "sampling temperature")
-	seed := fs.Uint64("seed", 0, "sampling seed")
-	if err := parse(fs, args); err != nil {
+	topK := fs.Int("top-k", 0, "sample among the K most likely bytes (0: all)")
+	topP := fs.Float64("top-p", 0, "sample within the smallest set of probability P (0: all)")
+	minP := fs.Float64("min-p", 0, "drop bytes less likely than P times the most likely (0: none)")
+	seed := fs.Uint64("seed", 0, "sampling seed (same seed, same output)")
+	var stops stringList
+	fs.Var(&stops, "stop", "stop when this `text` is produced; it is not printed (repeatable)")
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *dir == "" {
-		return fmt.Errorf("--model is required")
+	positional := strings.Join(fs.Args(), " ")
+	given := 0
+	for _, g := range []bool{positional != "", *prompt != "", *promptFile != ""} {
+		if g {
+			given++
+		}
+	}
+	if given > 1 {
+		return fmt.Errorf("give the prompt one way: an argument, --prompt or --prompt-file")
 	}
 	var p []byte
 	switch {
-	case *prompt != "" && *promptFile != "":
-		return fmt.Errorf("give --prompt or --prompt-file, not both")
+	case *promptFile == "-":
+		var err error
+		if p, err = io.ReadAll(os.Stdin); err != nil {
+			return fmt.Errorf("reading the prompt from standard input: %w", err)
+		}
 	case *promptFile != "":
 		var err error
 		if p, err = os.ReadFile(*promptFile); err != nil {
@@ -151,8 +171,13 @@ func cmdGenerate(args []string) error {
 		}
 	case *prompt != "":
 		p = []byte(*prompt)
+	case positional != "":
+		p = []byte(positional)
 	default:
-		return fmt.Errorf("give --prompt or --prompt-file")
+		return fmt.Errorf("give a prompt: an argument, --prompt TEXT or --prompt-file FILE (- for standard input)")
+	}
+	if len(p) == 0 {
+		return fmt.Errorf("the prompt is empty; give at least one byte")
 	}
 	if *maxBytes < 0 {
 		return fmt.Errorf("--max-bytes must not be negative, got %d", *maxBytes)
@@ -160,24 +185,38 @@ func cmdGenerate(args []string) error {
 	if !(*temp > 0) {
 		return fmt.Errorf("--temperature must be positive, got %g", *temp)
 	}
-	m, err := mambabyte.Load(*dir)
+	m, err := loadModel(*dir)
 	if err != nil {
 		return err
 	}
 	out := bufio.NewWriter(os.Stdout)
 	start := time.Now()
-	n := 0
-	err = m.Generate(p, mambabyte.GenerateOptions{MaxBytes: *maxBytes, Greedy: *greedy, Temperature: *temp, Seed: *seed}, func(b byte) error {
-		n++
-		if err := out.WriteByte(b); err != nil {
+	var n int
+	opt := mambabyte.GenerateOptions{
+		MaxBytes: *maxBytes, Greedy: *greedy, Temperature: *temp,
+		TopK: *topK, TopP: *topP, MinP: *minP, Seed: *seed, Stop: stops,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	err = m.Generate(ctx, p, opt, func(piece []byte) error {
+		n += len(piece)
+		if _, err := out.Write(piece); err != nil {
 			return err
 		}
 		return out.Flush()
 	})
-	if err != nil && !errors.Is(err, io.ErrShortWrite) {
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	secs := time.Since(start).Seconds()
 	fmt.Fprintf(os.Stderr, "\n[%d bytes in %.2fs, %.1f bytes/s]\n", n, secs, float64(n)/secs)
 	return nil
+}
+
+// loadModel loads dir, or the embedded default model when dir is empty.
+func loadModel(dir string) (*mambabyte.Model, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("--model is required")
+	}
+	return mambabyte.Load(dir)
 }

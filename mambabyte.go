@@ -12,12 +12,8 @@
 package mambabyte
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"math"
 	"os"
 	"path/filepath"
 
@@ -66,71 +62,6 @@ func (m *Model) Config() Config { return m.m.Cfg }
 // Format is the kind of checkpoint the model was loaded from: "native",
 // "hf" or "mamba_ssm".
 func (m *Model) Format() string { return m.format }
-
-// EvalResult is the score of a text.
-type EvalResult struct {
-	NLL   float64 `json:"nll"`   // mean negative log-likelihood, nats per byte
-	BPB   float64 `json:"bpb"`   // NLL / ln 2, bits per byte
-	Bytes int64   `json:"bytes"` // bytes scored: every byte after the first
-}
-
-// DefaultChunk is how many bytes Eval runs through the model at once.
-const DefaultChunk = 2048
-
-// Eval scores every byte of r after the first, as one sequence: the model
-// reads it in chunks of chunk bytes (DefaultChunk if chunk <= 0) and
-// carries its recurrent state from one chunk to the next, so the result
-// does not depend on the chunk size. A text of fewer than two bytes is an
-// error.
-func (m *Model) Eval(r io.Reader, chunk int) (EvalResult, error) {
-	if chunk <= 0 {
-		chunk = DefaultChunk
-	}
-	br := bufio.NewReaderSize(r, 1<<16)
-	st := m.m.NewState(1)
-	var pass *model.Pass
-	buf := make([]byte, 0, chunk+1)
-	var sum float64
-	var scored int64
-	ids := make([]int32, chunk)
-	tg := make([]int32, chunk)
-	for {
-		// buf holds the chunk's bytes plus one byte of lookahead: the
-		// target of the chunk's last position.
-		n, err := io.ReadFull(br, buf[len(buf):chunk+1])
-		buf = buf[:len(buf)+n]
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-			return EvalResult{}, err
-		}
-		if len(buf) < 2 {
-			break
-		}
-		T := len(buf) - 1
-		for i := 0; i < T; i++ {
-			ids[i] = int32(buf[i])
-			tg[i] = int32(buf[i+1])
-		}
-		if pass == nil || pass.T != T {
-			pass = m.m.NewPass(1, T, false)
-		}
-		s, c, ferr := pass.Forward(ids[:T], tg[:T], st, nil, 0)
-		if ferr != nil {
-			return EvalResult{}, ferr
-		}
-		sum += s
-		scored += int64(c)
-		last := buf[T]
-		buf = append(buf[:0], last)
-		if err != nil { // end of input reached
-			break
-		}
-	}
-	if scored == 0 {
-		return EvalResult{}, fmt.Errorf("eval: the text has fewer than 2 bytes; nothing to score")
-	}
-	nll := sum / float64(scored)
-	return EvalResult{NLL: nll, BPB: nll / math.Ln2, Bytes: scored}, nil
-}
 
 // GenerateOptions control Generate. The zero value samples at
 // temperature 1 from the full distribution with seed 0.

@@ -12,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/mambabyte/mambabyte"
+	"github.com/mambabyte/mambabyte/internal/data"
 )
 
 const usage = `mambabyte: token-free byte-level Mamba language models
@@ -88,46 +90,90 @@ func parse(fs *flag.FlagSet, args []string) error {
 }
 
 func cmdEval(args []string) error {
-	fs := newFlags("eval", "--model DIR --data FILE [--json]")
-	dir := fs.String("model", "", "checkpoint `directory` (native, HF or mamba_ssm)")
-	data := fs.String("data", "", "`file` to score")
+	fs := newFlags("eval", "[--model DIR] --data FILE [--json] [--window W | --context C] [--noise KIND[:P]]")
+	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm)")
+	dataPath := fs.String("data", "", "`file` to score (.gz and .dz are decompressed)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	chunk := fs.Int("chunk", mambabyte.DefaultChunk, "bytes per forward pass; the state is carried between chunks")
+	chunk := fs.Int("chunk", mambabyte.DefaultChunk, "bytes per forward pass (speed and memory only)")
+	window := fs.Int("window", 0, "score with sliding windows of this many `bytes`, each scoring its last half (the paper's evaluation)")
+	context := fs.Int("context", 0, "give each prediction at most this many `bytes` of history (length extrapolation studies)")
+	noise := fs.String("noise", "", "corrupt the text first: drop:P, repeat:P, antspeak, uppercase:P, randomcase:P or swap:P")
+	noiseSeed := fs.Uint64("noise-seed", 1, "seed of the corruption")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *data == "" {
+	if *dataPath == "" {
 		return fmt.Errorf("--data is required")
 	}
 	if *chunk < 1 {
 		return fmt.Errorf("--chunk must be at least 1, got %d", *chunk)
 	}
-	f, err := os.Open(*data)
+	if *window < 0 || *context < 0 {
+		return fmt.Errorf("--window and --context must not be negative")
+	}
+	if *window > 0 && *context > 0 {
+		return fmt.Errorf("--window and --context exclude each other")
+	}
+	if *window == 1 {
+		return fmt.Errorf("--window must be at least 2 bytes")
+	}
+	var nz *data.Noise
+	if *noise != "" {
+		n, err := data.ParseNoise(*noise)
+		if err != nil {
+			return err
+		}
+		nz = &n
+	}
+	r, closer, err := openText(*dataPath)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer closer()
+	if nz != nil {
+		r = nz.Reader(r, *noiseSeed)
+	}
 	m, err := loadModel(*dir)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	res, err := m.Eval(f, *chunk)
+	res, err := m.Eval(r, mambabyte.EvalOptions{Chunk: *chunk, Window: *window, Context: *context})
 	if err != nil {
-		return fmt.Errorf("%s: %w", *data, err)
+		return fmt.Errorf("%s: %w", *dataPath, err)
 	}
 	secs := time.Since(start).Seconds()
 	if *asJSON {
 		out := struct {
 			mambabyte.EvalResult
 			File    string  `json:"file"`
+			Window  int     `json:"window,omitempty"`
+			Context int     `json:"context,omitempty"`
+			Noise   string  `json:"noise,omitempty"`
 			Seconds float64 `json:"seconds"`
-		}{res, *data, secs}
+		}{res, *dataPath, *window, *context, *noise, secs}
 		return json.NewEncoder(os.Stdout).Encode(out)
 	}
 	fmt.Printf("%s: %d bytes scored, %.6f nats/byte, %.6f bits/byte (%.0f bytes/s)\n",
-		*data, res.Bytes, res.NLL, res.BPB, float64(res.Bytes)/secs)
+		*dataPath, res.Bytes, res.NLL, res.BPB, float64(res.Bytes)/secs)
 	return nil
+}
+
+// openText opens a file for reading, decompressing .gz and .dz.
+func openText(path string) (io.Reader, func(), error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".dz") {
+		z, err := gzip.NewReader(bufio.NewReader(f))
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return z, func() { z.Close(); f.Close() }, nil
+	}
+	return f, func() { f.Close() }, nil
 }
 
 func cmdGenerate(args []string) error {

@@ -200,7 +200,7 @@ func parseConfig(file string, data []byte) (model.Config, Format, *configInfo, e
 		return cfg, "", nil, fmt.Errorf("%s: model_type %q is not supported; only Mamba-1 (\"mamba\") models are", file, mt)
 	}
 	ssm := o.has("d_model") || o.has("n_layer") || o.has("ssm_cfg")
-	hf := o.has("hidden_size") || o.has("num_hidden_layers") || mt == "mamba"
+	hf := o.has("hidden_size") || o.has("num_hidden_layers") || (mt == "mamba" && !ssm)
 	var (
 		info *configInfo
 		f    Format

@@ -519,11 +519,7 @@ func writeAtomic(path string, fill func(io.Writer) error) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return err
 	}
-	// Make the rename durable. Some filesystems cannot sync a directory;
-	// the file itself is already safe, so that is not an error.
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
+	// Make the rename durable.
+	SyncDir(dir)
 	return nil
 }

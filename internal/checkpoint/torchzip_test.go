@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -354,6 +355,9 @@ func FuzzUnpickle(f *testing.F) {
 	}
 	f.Add([]byte("\x80\x02(K\x01M\x02\x01J\xff\xff\xff\xff\x8a\x02\x00\x80G?\xf0\x00\x00\x00\x00\x00\x00N\x88\x89U\x02hiC\x01xl."))
 	f.Add([]byte("(I01\np0\ng0\n0ld."))
+	if real, err := os.ReadFile("testdata/torch2_state_dict.pkl"); err == nil {
+		f.Add(real)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := unpickle(data)
 		if err != nil {
@@ -361,6 +365,32 @@ func FuzzUnpickle(f *testing.F) {
 		}
 		got, err := stateDictTensors(v, fakeStorage)
 		if err != nil {
+			return
+		}
+		for name, x := range got {
+			if numel(x.Shape) != len(x.Data) {
+				t.Fatalf("tensor %q: shape %v with %d values", name, x.Shape, len(x.Data))
+			}
+		}
+	})
+}
+
+func FuzzReadTorchZip(f *testing.F) {
+	ts, storages, _ := sampleStateDict()
+	w := newPickleWriter(2)
+	w.stateDict(ts)
+	f.Add(torchZip(f, "archive", w.stop(), storages, "little"))
+	w = newPickleWriter(4)
+	w.stateDict(ts[:3])
+	f.Add(torchZip(f, "pytorch_model", w.stop(), storages, ""))
+	f.Add(torchZip(f, "archive", hostilePickles()[0].pkl, nil, "little"))
+	f.Add([]byte{0x80, 0x02, 0x8a, 0x0a})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := readTorchZip("fuzz.bin", bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.bin: ") {
+				t.Errorf("error does not name the file: %v", err)
+			}
 			return
 		}
 		for name, x := range got {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -417,4 +418,37 @@ func gcidePath() string {
 		}
 	}
 	return ""
+}
+
+// TestGoSourceTree opens a directory of Go's own source (DESIGN.md §8)
+// with few descriptors and checks the stream against the files.
+func TestGoSourceTree(t *testing.T) {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	root := filepath.Join(strings.TrimSpace(string(out)), "src", "unicode")
+	if _, serr := os.Stat(root); err != nil || serr != nil {
+		t.Skip("no Go source tree")
+	}
+	c, err := Open([]string{root}, WithOpenFiles(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var want []byte
+	for _, f := range c.Files() {
+		b, err := os.ReadFile(f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, b...)
+	}
+	if len(c.Files()) < 10 || int64(len(want)) != c.Size() {
+		t.Fatalf("%d files, %d bytes; read %d", len(c.Files()), c.Size(), len(want))
+	}
+	got := make([]byte, c.Size())
+	if _, err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("stream differs from the files: %v", err)
+	}
+	if n := len(c.pool.open); n > 3 {
+		t.Errorf("%d files open, limit 3", n)
+	}
 }

@@ -44,8 +44,11 @@ type Backend interface {
 	// ScanCheckpoints is how many states per sequence Scan saves for
 	// ScanBackward at length T.
 	ScanCheckpoints(T int) int
-	Scan(y, u, delta, Bt, Ct Tensor, ldbc int, alog, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
-	ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct Tensor, ldbc int, alog, dskip, ckpt Tensor, B, T, E, N int)
+	// NegExp writes A = -exp(alog), the SSM's decay rates, which Scan and
+	// ScanBackward take precomputed.
+	NegExp(a, alog Tensor)
+	Scan(y, u, delta, Bt, Ct Tensor, ldbc int, a, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
+	ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
 	Gate(out, y, z Tensor, ldz, rows, E int)
 	GateBackward(dy, dz, dout, y, z Tensor, ldz, rows, E int)
 	Add(dst, src Tensor)

@@ -21,6 +21,33 @@ type Model struct {
 	offsets map[string]int
 	p       weights // views into Params
 	g       weights // views into Grads
+
+	// version counts parameter changes; negA holds A = -exp(A_log) of every
+	// layer (L,E,N) as of negAVersion.
+	version     uint64
+	negA        backend.Tensor
+	negAVersion uint64
+}
+
+// Touch records that the parameters changed outside SetParams (an
+// optimizer step), so values derived from them are recomputed.
+func (m *Model) Touch() { m.version++ }
+
+// decay returns A = -exp(A_log) of layer l, recomputing every layer's
+// after a parameter change.
+func (m *Model) decay(l int) backend.Tensor {
+	EN := m.Cfg.DInner() * m.Cfg.DState
+	if m.negA == nil {
+		m.negA = m.BE.Alloc(m.Cfg.NLayer * EN)
+		m.negAVersion = m.version - 1
+	}
+	if m.negAVersion != m.version {
+		for i, w := range m.p.layers {
+			m.BE.NegExp(m.negA.Slice(i*EN, EN), w.alog)
+		}
+		m.negAVersion = m.version
+	}
+	return m.negA.Slice(l*EN, EN)
 }
 
 // layerWeights are one layer's tensors (views).
@@ -141,6 +168,7 @@ func (m *Model) SetParams(t map[string][]float32) error {
 		}
 	}
 	m.BE.Upload(m.Params, all)
+	m.Touch()
 	return nil
 }
 

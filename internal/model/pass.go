@@ -171,7 +171,7 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 		}
 		bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
 		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
-		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, w.alog, w.dskip, s, s, a.ckpt, B, T, E, N)
+		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
 		// 7. g = y ⊙ silu(z)                                           (BT,E)
 		z := a.xz.Slice(E, a.xz.Len()-E)
 		be.Gate(a.g, a.y, z, 2*E, BT, E)
@@ -259,7 +259,7 @@ func (p *Pass) Backward() error {
 		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
 		dbt := p.dxdbl.Slice(R, p.dxdbl.Len()-R)
 		dct := p.dxdbl.Slice(R+N, p.dxdbl.Len()-R-N)
-		be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, w.alog, w.dskip, a.ckpt, B, T, E, N)
+		be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
 		// 5. dt: draw overwrites ddelta; dW_dt += drawᵀ·r; dr = draw·W_dt.
 		be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
 		be.Gemm(true, false, E, R, BT, 1, p.ddelta, E, a.xdbl, ldbc, 1, gw.dtProj, R)

@@ -39,6 +39,7 @@ func (o *AdamW) Step(m *model.Model, step int, lr float64) {
 			float32(lr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(wd),
 			float32(bc1), float32(bc2))
 	}
+	m.Touch()
 }
 
 // ClipGradNorm scales the gradients so their global L2 norm is at most

@@ -80,12 +80,14 @@ func (Backend) DtBackward(draw, dbias, ddelta, raw backend.Tensor, rows, E int) 
 
 func (Backend) ScanCheckpoints(T int) int { return ScanChunks(T) }
 
-func (Backend) Scan(y, u, delta, Bt, Ct backend.Tensor, ldbc int, alog, dskip, s0, sT, ckpt backend.Tensor, B, T, E, N int) {
-	ScanForward(f(y), f(u), f(delta), f(Bt), f(Ct), ldbc, f(alog), f(dskip), f(s0), f(sT), f(ckpt), B, T, E, N)
+func (Backend) NegExp(a, alog backend.Tensor) { NegExp(f(a), f(alog)) }
+
+func (Backend) Scan(y, u, delta, Bt, Ct backend.Tensor, ldbc int, a, dskip, s0, sT, ckpt backend.Tensor, B, T, E, N int) {
+	ScanForward(f(y), f(u), f(delta), f(Bt), f(Ct), ldbc, f(a), f(dskip), f(s0), f(sT), f(ckpt), B, T, E, N)
 }
 
-func (Backend) ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct backend.Tensor, ldbc int, alog, dskip, ckpt backend.Tensor, B, T, E, N int) {
-	ScanBackward(f(du), f(ddelta), f(dBt), f(dCt), f(dalog), f(ddskip), f(dy), f(u), f(delta), f(Bt), f(Ct), ldbc, f(alog), f(dskip), f(ckpt), B, T, E, N)
+func (Backend) ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
+	ScanBackward(f(du), f(ddelta), f(dBt), f(dCt), f(dalog), f(ddskip), f(dy), f(u), f(delta), f(Bt), f(Ct), ldbc, f(a), f(dskip), f(ckpt), B, T, E, N)
 }
 
 func (Backend) Gate(out, y, z backend.Tensor, ldz, rows, E int) {

@@ -156,7 +156,7 @@ func TestConvState(t *testing.T) {
 
 func TestScanMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
-	for _, tc := range []struct{ B, T, E, N int }{{1, 1, 1, 1}, {2, 5, 3, 4}, {2, 150, 20, 16}, {1, 70, 9, 7}, {2, 150, 32, 16}, {1, 70, 48, 7}, {3, 9, 64, 1}} {
+	for _, tc := range []struct{ B, T, E, N int }{{1, 1, 1, 1}, {2, 5, 3, 4}, {2, 150, 20, 16}, {1, 70, 9, 7}, {2, 150, 32, 16}, {1, 70, 48, 7}, {3, 9, 64, 1}, {3, 20, 7, 32}, {1, 5, 16, 16}} {
 		for _, withState := range []bool{false, true} {
 			B, T, E, N := tc.B, tc.T, tc.E, tc.N
 			ldbc := 2*N + 3
@@ -173,9 +173,11 @@ func TestScanMatchesReference(t *testing.T) {
 			if withState {
 				s0 = randSlice(r, B*E*N, 1)
 			}
+			A := make([]float32, E*N)
+			NegExp(A, Alog)
 			y := make([]float32, B*T*E)
 			sT := make([]float32, B*E*N)
-			ScanForward(y, u, delta, Bt, Ct, ldbc, Alog, Dskip, s0, sT, nil, B, T, E, N)
+			ScanForward(y, u, delta, Bt, Ct, ldbc, A, Dskip, s0, sT, nil, B, T, E, N)
 			wy, ws := refScan(u, delta, Bt, Ct, ldbc, Alog, Dskip, s0, B, T, E, N)
 			if d := maxRelDiff(y, wy); d > 1e-5 {
 				t.Fatalf("%+v state=%v: y differs by %.3g", tc, withState, d)
@@ -183,19 +185,31 @@ func TestScanMatchesReference(t *testing.T) {
 			if d := maxRelDiff(sT, ws); d > 1e-5 {
 				t.Fatalf("%+v state=%v: final state differs by %.3g", tc, withState, d)
 			}
-			// Stepping one time step at a time gives the same outputs.
-			if B == 1 {
-				s := make([]float32, E*N)
-				if s0 != nil {
-					copy(s, s0)
+			// Stepping one time step at a time gives the same outputs
+			// and final state (this runs the single-step kernel).
+			s := make([]float32, B*E*N)
+			if s0 != nil {
+				copy(s, s0)
+			}
+			ys := make([]float32, B*T*E)
+			ut, dt, yt := make([]float32, B*E), make([]float32, B*E), make([]float32, B*E)
+			xt := make([]float32, B*ldbc)
+			for tt := 0; tt < T; tt++ {
+				for b := 0; b < B; b++ {
+					copy(ut[b*E:(b+1)*E], u[(b*T+tt)*E:])
+					copy(dt[b*E:(b+1)*E], delta[(b*T+tt)*E:])
+					copy(xt[b*ldbc:(b+1)*ldbc], xdbl[(b*T+tt)*ldbc:])
 				}
-				ys := make([]float32, T*E)
-				for tt := 0; tt < T; tt++ {
-					ScanForward(ys[tt*E:], u[tt*E:], delta[tt*E:], Bt[tt*ldbc:], Ct[tt*ldbc:], ldbc, Alog, Dskip, s, s, nil, 1, 1, E, N)
+				ScanForward(yt, ut, dt, xt[3:], xt[3+N:], ldbc, A, Dskip, s, s, nil, B, 1, E, N)
+				for b := 0; b < B; b++ {
+					copy(ys[(b*T+tt)*E:(b*T+tt+1)*E], yt[b*E:])
 				}
-				if d := maxRelDiff(ys, wy); d > 1e-5 {
-					t.Fatalf("%+v: stepped y differs by %.3g", tc, d)
-				}
+			}
+			if d := maxRelDiff(ys, wy); d > 1e-5 {
+				t.Fatalf("%+v: stepped y differs by %.3g", tc, d)
+			}
+			if d := maxRelDiff(s, ws); d > 1e-5 {
+				t.Fatalf("%+v: stepped final state differs by %.3g", tc, d)
 			}
 		}
 	}
@@ -224,9 +238,11 @@ func testScanBackwardFD(t *testing.T, r *rand.Rand, E int) {
 	Dskip := randSlice(r, E, 1)
 	R := randSlice(r, B*T*E, 1)
 	y := make([]float32, B*T*E)
+	A := make([]float32, E*N)
 	ckpt := make([]float32, B*ScanChunks(T)*E*N)
 	loss := func() float64 {
-		ScanForward(y, u, delta, Bt, Ct, ldbc, Alog, Dskip, nil, nil, ckpt, B, T, E, N)
+		NegExp(A, Alog)
+		ScanForward(y, u, delta, Bt, Ct, ldbc, A, Dskip, nil, nil, ckpt, B, T, E, N)
 		return weightedLoss(y, R)
 	}
 	loss()
@@ -235,7 +251,7 @@ func testScanBackwardFD(t *testing.T, r *rand.Rand, E int) {
 	dxdbl := make([]float32, B*T*ldbc)
 	dAlog := make([]float32, E*N)
 	dD := make([]float32, E)
-	ScanBackward(du, ddelta, dxdbl[2:], dxdbl[2+N:], dAlog, dD, R, u, delta, Bt, Ct, ldbc, Alog, Dskip, ckpt, B, T, E, N)
+	ScanBackward(du, ddelta, dxdbl[2:], dxdbl[2+N:], dAlog, dD, R, u, delta, Bt, Ct, ldbc, A, Dskip, ckpt, B, T, E, N)
 	checkGrad(t, "scan du", u, du, loss)
 	checkGrad(t, "scan ddelta", delta, ddelta, loss)
 	for i := range xdbl {

@@ -17,13 +17,18 @@ const scanGrain = 8
 // (scan_simd.go); they are used when E is a multiple of 16.
 var scanVector bool
 
-// negExp returns A = -exp(A_log), shape (E,N).
-func negExp(alog []float32) []float32 {
-	a := make([]float32, len(alog))
+// scanStep, when the build and CPU have it, is ScanForward for a single
+// time step (generation) with N a multiple of 16: it runs the states of one
+// channel in vector lanes, reading and writing the (B,E,N) state in place
+// (s0 and sT may alias; either may be nil as in ScanForward).
+var scanStep func(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT []float32, B, E, N int)
+
+// NegExp writes A = -exp(alog) (the decay rates, shape (E,N)), which the
+// scan kernels take precomputed.
+func NegExp(a, alog []float32) {
 	for i, v := range alog {
 		a[i] = -expf(v)
 	}
-	return a
 }
 
 // scanSplit runs fn over blocks of channels [elo,ehi) in parallel, each
@@ -51,14 +56,17 @@ func scanParts(E int) int {
 //	s_t[e,n] = exp(Δ[t,e]·A[e,n])·s_{t-1}[e,n] + Δ[t,e]·Bt[t,n]·u[t,e]
 //	y_t[e]   = Σ_n s_t[e,n]·Ct[t,n] + Dskip[e]·u[t,e]
 //
-// with A = -exp(Alog). u, delta and y are (B,T,E); Bt and Ct are (B,T,N)
-// with row stride ldbc (views into the x_proj output); Alog is (E,N) and
-// Dskip (E). s0 (B,E,N) is the state before t=0 (nil means zero), sT
+// with A = -exp(A_log) given precomputed (NegExp). u, delta and y are
+// (B,T,E); Bt and Ct are (B,T,N) with row stride ldbc (views into the
+// x_proj output); A is (E,N) and Dskip (E). s0 (B,E,N) is the state before t=0 (nil means zero), sT
 // (B,E,N) receives the state after the last step and may alias s0; ckpt
 // (B,ScanChunks(T),E,N), if not nil, receives the state before each chunk
 // for ScanBackward. A recurrent step is ScanForward with T=1 and s0 = sT.
-func ScanForward(y, u, delta, Bt, Ct []float32, ldbc int, Alog, Dskip, s0, sT, ckpt []float32, B, T, E, N int) {
-	A := negExp(Alog)
+func ScanForward(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT, ckpt []float32, B, T, E, N int) {
+	if T == 1 && scanStep != nil && N%16 == 0 {
+		scanStep(y, u, delta, Bt, Ct, ldbc, A, Dskip, s0, sT, B, E, N)
+		return
+	}
 	scanSplit(E, func(_, elo, ehi int, vec bool) {
 		if vec {
 			scanForwardVec(y, u, delta, Bt, Ct, ldbc, A, Dskip, s0, sT, ckpt, B, T, E, N, elo, ehi)
@@ -110,10 +118,9 @@ func scanForwardPlain(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT,
 // ScanBackward is the backward of ScanForward started from a zero state.
 // Given dy (B,T,E) and the forward's inputs and ckpt, it writes du and
 // ddelta (B,T,E) and dBt, dCt (B,T,N, row stride ldbc), and adds into
-// dAlog (E,N) and dDskip (E). Inside each chunk the states are recomputed
-// from the saved one.
-func ScanBackward(du, ddelta, dBt, dCt, dAlog, dDskip, dy, u, delta, Bt, Ct []float32, ldbc int, Alog, Dskip, ckpt []float32, B, T, E, N int) {
-	A := negExp(Alog)
+// dAlog (E,N) and dDskip (E). A is -exp(A_log) as ScanForward took it.
+// Inside each chunk the states are recomputed from the saved one.
+func ScanBackward(du, ddelta, dBt, dCt, dAlog, dDskip, dy, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, ckpt []float32, B, T, E, N int) {
 	parts := scanParts(E)
 	stride := B * T * N
 	partBC := make([]float32, parts*2*stride) // per part: dB then dC, (B,T,N)

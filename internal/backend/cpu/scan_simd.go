@@ -2,7 +2,11 @@
 
 package cpu
 
-import "simd/archsimd"
+import (
+	"simd/archsimd"
+
+	"github.com/mambabyte/mambabyte/internal/parallel"
+)
 
 // The vector scan kernels run 16 channels at a time in the lanes of an
 // AVX-512 register, looping over the N states inside; they compute what
@@ -203,4 +207,40 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 		}
 		dDskip[elo+i] += dD[i]
 	}
+}
+
+func init() {
+	if archsimd.X86.AVX512() {
+		scanStep = scanStepVec
+	}
+}
+
+// scanStepVec is one time step with the N states of a channel in vector
+// lanes (N a multiple of 16): no transposes, the (B,E,N) state is read and
+// written where it lies.
+func scanStepVec(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT []float32, B, E, N int) {
+	parallel.For(B*E, 64, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			b, e := r/E, r%E
+			d, uu := delta[r], u[r]
+			dv, duv := bcast(d), bcast(d*uu)
+			bt := Bt[b*ldbc : b*ldbc+N]
+			ct := Ct[b*ldbc : b*ldbc+N]
+			acc := zero()
+			for n := 0; n < N; n += 16 {
+				o := (b*E+e)*N + n
+				s := zero()
+				if s0 != nil {
+					s = load(s0[o:])
+				}
+				a := exp16(dv.Mul(load(A[e*N+n:])))
+				s = duv.MulAdd(load(bt[n:]), a.Mul(s))
+				if sT != nil {
+					s.StoreSlice(sT[o:])
+				}
+				acc = s.MulAdd(load(ct[n:]), acc)
+			}
+			y[r] = hsum(acc) + Dskip[e]*uu
+		}
+	})
 }

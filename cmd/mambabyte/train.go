@@ -101,8 +101,44 @@ func cmdTrain(args []string) error {
 		return fmt.Errorf("--data is required (a file, directory or glob)")
 	}
 
-	var opt train.Options
-	var resumeStep int
+	// The options the flags describe (a fresh run's).
+	p, ok := presets[*presetName]
+	if !ok {
+		return fmt.Errorf("unknown preset %q; choose one of %s", *presetName, presetNames())
+	}
+	cfg := model.DefaultConfig()
+	cfg.DModel, cfg.NLayer = p.dModel, p.nLayer
+	if set["d-model"] {
+		cfg.DModel = *dModel
+	}
+	if set["n-layer"] {
+		cfg.NLayer = *nLayer
+	}
+	cfg.DState, cfg.DConv, cfg.Expand, cfg.DTRank = *dState, *dConv, *expand, *dtRank
+	cfg.Norm = model.NormKind(*norm)
+	cfg.TieEmbeddings = !*untied
+	opt := train.Defaults(cfg)
+	opt.Batch, opt.Accum, opt.SeqLen = p.batch, p.acc, p.seqLen
+	if set["batch"] {
+		opt.Batch = *batch
+	}
+	if set["accum"] {
+		opt.Accum = *accum
+	}
+	if set["seq-len"] {
+		opt.SeqLen = *seqLen
+	}
+	opt.Steps, opt.LR, opt.Warmup = *steps, *lr, *warmup
+	opt.MinLR = *lr / 10
+	if set["min-lr"] {
+		opt.MinLR = *minLR
+	}
+	opt.WeightDecay, opt.Clip, opt.Seed = *wd, *clip, *seed
+	opt.ValEvery, opt.LogEvery, opt.CkptEvery, opt.Keep = *valEvery, *logEvery, *ckptEvery, *keep
+	if opt.Warmup >= opt.Steps && !set["warmup"] {
+		opt.Warmup = opt.Steps / 10
+	}
+
 	latest, err := train.LatestCheckpoint(*out)
 	if err != nil {
 		return err
@@ -113,73 +149,35 @@ func cmdTrain(args []string) error {
 	case !*resume && latest != "":
 		return fmt.Errorf("%s already holds a run (latest checkpoint %s); pass --resume to continue it or choose another --out", *out, filepath.Base(latest))
 	case *resume:
-		// The saved options win; only the length of the run and the
+		// The saved run's settings win. Flags may repeat them; a flag that
+		// contradicts them is an error. Only the length of the run and the
 		// logging cadence may change.
-		for name := range set {
-			switch name {
-			case "data", "out", "resume", "json", "steps", "val-every", "log-every", "ckpt-every", "keep", "cache-dir", "val-bytes":
-			default:
-				return fmt.Errorf("--resume continues the saved run with its own settings; remove --%s", name)
-			}
+		saved, step, err := train.SavedOptions(*out)
+		if err != nil {
+			return err
 		}
-		if opt, resumeStep, err = train.SavedOptions(*out); err != nil {
+		if err := checkResumeFlags(set, opt, saved); err != nil {
 			return err
 		}
 		if set["steps"] {
-			opt.Steps = *steps
+			saved.Steps = opt.Steps
 		}
 		if set["val-every"] {
-			opt.ValEvery = *valEvery
+			saved.ValEvery = opt.ValEvery
 		}
 		if set["log-every"] {
-			opt.LogEvery = *logEvery
+			saved.LogEvery = opt.LogEvery
 		}
 		if set["ckpt-every"] {
-			opt.CkptEvery = *ckptEvery
+			saved.CkptEvery = opt.CkptEvery
 		}
 		if set["keep"] {
-			opt.Keep = *keep
+			saved.Keep = opt.Keep
 		}
-		if resumeStep >= opt.Steps {
-			return fmt.Errorf("the run in %s already finished %d of %d steps; raise --steps to train further", *out, resumeStep, opt.Steps)
+		if step >= saved.Steps {
+			return fmt.Errorf("the run in %s already finished %d of %d steps; raise --steps to train further", *out, step, saved.Steps)
 		}
-	default:
-		p, ok := presets[*presetName]
-		if !ok {
-			return fmt.Errorf("unknown preset %q; choose one of %s", *presetName, presetNames())
-		}
-		cfg := model.DefaultConfig()
-		cfg.DModel, cfg.NLayer = p.dModel, p.nLayer
-		if set["d-model"] {
-			cfg.DModel = *dModel
-		}
-		if set["n-layer"] {
-			cfg.NLayer = *nLayer
-		}
-		cfg.DState, cfg.DConv, cfg.Expand, cfg.DTRank = *dState, *dConv, *expand, *dtRank
-		cfg.Norm = model.NormKind(*norm)
-		cfg.TieEmbeddings = !*untied
-		opt = train.Defaults(cfg)
-		opt.Batch, opt.Accum, opt.SeqLen = p.batch, p.acc, p.seqLen
-		if set["batch"] {
-			opt.Batch = *batch
-		}
-		if set["accum"] {
-			opt.Accum = *accum
-		}
-		if set["seq-len"] {
-			opt.SeqLen = *seqLen
-		}
-		opt.Steps, opt.LR, opt.Warmup = *steps, *lr, *warmup
-		opt.MinLR = *lr / 10
-		if set["min-lr"] {
-			opt.MinLR = *minLR
-		}
-		opt.WeightDecay, opt.Clip, opt.Seed = *wd, *clip, *seed
-		opt.ValEvery, opt.LogEvery, opt.CkptEvery, opt.Keep = *valEvery, *logEvery, *ckptEvery, *keep
-		if opt.Warmup >= opt.Steps {
-			opt.Warmup = opt.Steps / 10
-		}
+		opt = saved
 	}
 	if err := opt.Validate(); err != nil {
 		return err
@@ -198,7 +196,7 @@ func cmdTrain(args []string) error {
 		return err
 	}
 	defer corpus.Close()
-	split, err := corpus.Split(*valFraction, opt.Seed)
+	split, err := data.NewSplit(corpus, data.SplitConfig{ValFraction: *valFraction, MinBlockSize: int64(opt.SeqLen) + 1, Seed: opt.Seed})
 	if err != nil {
 		return err
 	}
@@ -226,7 +224,7 @@ func cmdTrain(args []string) error {
 	}
 	defer metrics.Close()
 
-	cfg := opt.Model
+	cfg = opt.Model
 	fmt.Fprintf(os.Stderr, "model: D %d, L %d, N %d, K %d, E %d, R %d, %s, %s head: %.2fM parameters\n",
 		cfg.DModel, cfg.NLayer, cfg.DState, cfg.DConv, cfg.DInner(), cfg.Rank(), cfg.Norm, map[bool]string{true: "tied", false: "separate"}[cfg.TieEmbeddings], float64(cfg.NumParams())/1e6)
 	fmt.Fprintf(os.Stderr, "data: %d files, %s (train %s, validation %s; %d validation windows of %d bytes)\n",
@@ -400,4 +398,35 @@ func humanRate(r float64) string {
 		return fmt.Sprintf("%.1fKB", r/1e3)
 	}
 	return fmt.Sprintf("%.0fB", r)
+}
+
+// checkResumeFlags reports a flag given on --resume whose value differs
+// from the saved run's.
+func checkResumeFlags(set map[string]bool, flags, saved train.Options) error {
+	type field struct {
+		flags, saved any
+	}
+	fields := map[string]field{
+		"d-model": {flags.Model.DModel, saved.Model.DModel}, "n-layer": {flags.Model.NLayer, saved.Model.NLayer},
+		"d-state": {flags.Model.DState, saved.Model.DState}, "d-conv": {flags.Model.DConv, saved.Model.DConv},
+		"expand": {flags.Model.Expand, saved.Model.Expand}, "dt-rank": {flags.Model.DTRank, saved.Model.DTRank},
+		"norm": {flags.Model.Norm, saved.Model.Norm}, "untied": {!flags.Model.TieEmbeddings, !saved.Model.TieEmbeddings},
+		"batch": {flags.Batch, saved.Batch}, "accum": {flags.Accum, saved.Accum}, "seq-len": {flags.SeqLen, saved.SeqLen},
+		"lr": {flags.LR, saved.LR}, "min-lr": {flags.MinLR, saved.MinLR}, "warmup": {flags.Warmup, saved.Warmup},
+		"weight-decay": {flags.WeightDecay, saved.WeightDecay}, "clip": {flags.Clip, saved.Clip}, "seed": {flags.Seed, saved.Seed},
+	}
+	if set["preset"] {
+		fields["preset"] = field{fmt.Sprint(flags.Model.DModel, flags.Model.NLayer), fmt.Sprint(saved.Model.DModel, saved.Model.NLayer)}
+	}
+	var names []string
+	for name := range set {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if f, ok := fields[name]; ok && f.flags != f.saved {
+			return fmt.Errorf("--%s is %v but the saved run has %v; --resume continues the saved run with its own settings", name, f.flags, f.saved)
+		}
+	}
+	return nil
 }

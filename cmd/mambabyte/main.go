@@ -34,6 +34,7 @@ Commands:
   train      train a model on files, directories or globs (.gz/.dz too)
   eval       score a file in bits per byte
   generate   continue a prompt
+  data       describe a corpus's train/validation split; write the validation bytes
   bench      measure this machine: bandwidth, GEMM, decode, training
 
 Run "mambabyte COMMAND -h" for a command's flags.
@@ -49,6 +50,7 @@ func main() {
 		"eval":     cmdEval,
 		"generate": cmdGenerate,
 		"bench":    cmdBench,
+		"data":     cmdData,
 	}
 	name := os.Args[1]
 	if name == "-h" || name == "--help" || name == "help" {

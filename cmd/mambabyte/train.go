@@ -196,7 +196,7 @@ func cmdTrain(args []string) error {
 		return err
 	}
 	defer corpus.Close()
-	split, err := data.NewSplit(corpus, data.SplitConfig{ValFraction: *valFraction, MinBlockSize: int64(opt.SeqLen) + 1, Seed: opt.Seed})
+	split, err := data.NewSplit(corpus, splitConfig(*valFraction, opt.SeqLen, opt.Seed))
 	if err != nil {
 		return err
 	}
@@ -429,4 +429,13 @@ func checkResumeFlags(set map[string]bool, flags, saved train.Options) error {
 		}
 	}
 	return nil
+}
+
+// splitConfig is how train (and data, to show the same split) cut a corpus:
+// blocks of 64 KiB, or 8 windows if longer, so that validation is spread
+// over the whole corpus; a small corpus may use blocks as short as one
+// window.
+func splitConfig(valFraction float64, seqLen int, seed uint64) data.SplitConfig {
+	w := int64(seqLen) + 1
+	return data.SplitConfig{ValFraction: valFraction, BlockSize: max(64<<10, 8*w), MinBlockSize: w, Seed: seed}
 }

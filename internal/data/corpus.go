@@ -152,6 +152,12 @@ func resolveSpecs(specs []string) ([]string, error) {
 			matches = []string{spec}
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("data: %w", err)
+		} else if strings.Contains(spec, "**") {
+			m, err := globRecursive(spec)
+			if err != nil {
+				return nil, err
+			}
+			matches = m
 		} else if hasGlobMeta(spec) {
 			m, err := filepath.Glob(spec)
 			if err != nil {

@@ -39,6 +39,23 @@ func bcast(p unsafe.Pointer) archsimd.Float32x16 {
 	return archsimd.BroadcastFloat32x16(*(*float32)(p))
 }
 
+// loadPart loads min(len(s), 16) floats, zero-filling the rest of the
+// vector. It goes through a local array rather than
+// archsimd.LoadFloat32x16SlicePart, whose pointer conversion fails the
+// checkptr instrumentation of -race builds for short slices.
+func loadPart(s []float32) archsimd.Float32x16 {
+	var t [16]float32
+	copy(t[:], s)
+	return archsimd.LoadFloat32x16(&t)
+}
+
+// storePart stores the first min(len(s), 16) lanes of v into s.
+func storePart(v archsimd.Float32x16, s []float32) {
+	var t [16]float32
+	v.Store(&t)
+	copy(s, t[:])
+}
+
 // storeTile writes alpha·acc + beta·C to the 16 floats at c.
 func storeTile(c unsafe.Pointer, acc, va, vb archsimd.Float32x16, beta float32) {
 	if beta == 0 {
@@ -80,6 +97,9 @@ func tile4x32(kc int, a unsafe.Pointer, rs, cs uintptr, b unsafe.Pointer, c unsa
 		x = bcast(unsafe.Add(a, rs3))
 		c30 = x.MulAdd(b0, c30)
 		c31 = x.MulAdd(b1, c31)
+		if kc == 1 {
+			break // no step past the panels' ends (checkptr)
+		}
 		a = unsafe.Add(a, cs)
 		b = unsafe.Add(b, 128)
 	}
@@ -109,6 +129,9 @@ func tile4x16(kc int, a unsafe.Pointer, rs, cs uintptr, b unsafe.Pointer, c unsa
 		c1 = bcast(unsafe.Add(a, rs)).MulAdd(b0, c1)
 		c2 = bcast(unsafe.Add(a, rs2)).MulAdd(b0, c2)
 		c3 = bcast(unsafe.Add(a, rs3)).MulAdd(b0, c3)
+		if kc == 1 {
+			break
+		}
 		a = unsafe.Add(a, cs)
 		b = unsafe.Add(b, 64)
 	}
@@ -143,7 +166,7 @@ func dotAVX512(x, y []float32) float32 {
 		s3 = archsimd.LoadFloat32x16Slice(x[i+48:]).MulAdd(archsimd.LoadFloat32x16Slice(y[i+48:]), s3)
 	}
 	for ; i < n; i += 16 {
-		s0 = archsimd.LoadFloat32x16SlicePart(x[i:]).MulAdd(archsimd.LoadFloat32x16SlicePart(y[i:]), s0)
+		s0 = loadPart(x[i:]).MulAdd(loadPart(y[i:]), s0)
 	}
 	return hsum(s0.Add(s1).Add(s2.Add(s3)))
 }
@@ -169,11 +192,11 @@ func dot4AVX512(x, w0, w1, w2, w3 []float32) (float32, float32, float32, float32
 		}
 	}
 	if i < n {
-		v := archsimd.LoadFloat32x16SlicePart(x[i:])
-		s0 = archsimd.LoadFloat32x16SlicePart(w0[i:]).MulAdd(v, s0)
-		s1 = archsimd.LoadFloat32x16SlicePart(w1[i:]).MulAdd(v, s1)
-		s2 = archsimd.LoadFloat32x16SlicePart(w2[i:]).MulAdd(v, s2)
-		s3 = archsimd.LoadFloat32x16SlicePart(w3[i:]).MulAdd(v, s3)
+		v := loadPart(x[i:])
+		s0 = loadPart(w0[i:]).MulAdd(v, s0)
+		s1 = loadPart(w1[i:]).MulAdd(v, s1)
+		s2 = loadPart(w2[i:]).MulAdd(v, s2)
+		s3 = loadPart(w3[i:]).MulAdd(v, s3)
 	}
 	return hsum(s0), hsum(s1), hsum(s2), hsum(s3)
 }
@@ -191,6 +214,6 @@ func axpyAVX512(alpha float32, x, y []float32) {
 		y1.StoreSlice(y[i+16:])
 	}
 	for ; i < n; i += 16 {
-		archsimd.LoadFloat32x16SlicePart(x[i:]).MulAdd(va, archsimd.LoadFloat32x16SlicePart(y[i:])).StoreSlicePart(y[i:])
+		storePart(loadPart(x[i:]).MulAdd(va, loadPart(y[i:])), y[i:])
 	}
 }

@@ -15,11 +15,7 @@ const elemGrain = 4096
 func DtForward(delta, raw, bias []float32, rows, E int) {
 	parallel.For(rows, elemGrain/E+1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			for e := 0; e < E; e++ {
-				x := raw[r*E+e] + bias[e]
-				raw[r*E+e] = x
-				delta[r*E+e] = softplus(x)
-			}
+			softplusRows(delta[r*E:(r+1)*E], raw[r*E:(r+1)*E], bias)
 		}
 	})
 }
@@ -32,11 +28,7 @@ func DtBackward(draw, dbias, ddelta, raw []float32, rows, E int) {
 	parallel.Chunks(rows, elemGrain/E+1, func(p, lo, hi int) {
 		pb := part[p*E : (p+1)*E]
 		for r := lo; r < hi; r++ {
-			for e := 0; e < E; e++ {
-				g := ddelta[r*E+e] * sigmoidf(raw[r*E+e])
-				draw[r*E+e] = g
-				pb[e] += g
-			}
+			sigmoidMulRows(draw[r*E:(r+1)*E], pb, ddelta[r*E:(r+1)*E], raw[r*E:(r+1)*E])
 		}
 	})
 	for p := 0; p < parts; p++ {
@@ -50,9 +42,7 @@ func DtBackward(draw, dbias, ddelta, raw []float32, rows, E int) {
 func GateForward(out, y, z []float32, ldz, rows, E int) {
 	parallel.For(rows, elemGrain/E+1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			for e := 0; e < E; e++ {
-				out[r*E+e] = y[r*E+e] * siluf(z[r*ldz+e])
-			}
+			gateRows(out[r*E:(r+1)*E], y[r*E:(r+1)*E], z[r*ldz:r*ldz+E])
 		}
 	})
 }
@@ -62,12 +52,7 @@ func GateForward(out, y, z []float32, ldz, rows, E int) {
 func GateBackward(dy, dz, dout, y, z []float32, ldz, rows, E int) {
 	parallel.For(rows, elemGrain/E+1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			for e := 0; e < E; e++ {
-				zz := z[r*ldz+e]
-				g := dout[r*E+e]
-				dy[r*E+e] = g * siluf(zz)
-				dz[r*ldz+e] = g * y[r*E+e] * siluGrad(zz)
-			}
+			gateBackRows(dy[r*E:(r+1)*E], dz[r*ldz:r*ldz+E], dout[r*E:(r+1)*E], y[r*E:(r+1)*E], z[r*ldz:r*ldz+E])
 		}
 	})
 }

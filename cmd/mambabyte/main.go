@@ -81,6 +81,27 @@ func newFlags(name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
+// parseInterspersed parses flags that may come before, between or after
+// plain arguments (`generate "func main() {" --max-bytes 100`) and returns
+// the plain arguments; "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var words []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return words, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(words, rest...), nil
+		}
+		words = append(words, rest[0])
+		args = rest[1:]
+	}
+}
+
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -93,7 +114,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 func cmdEval(args []string) error {
 	fs := newFlags("eval", "[--model DIR] --data FILE [--json] [--window W | --context C] [--noise KIND[:P]]")
-	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm)")
+	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm); default: the built-in model")
 	dataPath := fs.String("data", "", "`file` to score (.gz and .dz are decompressed)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	chunk := fs.Int("chunk", mambabyte.DefaultChunk, "bytes per forward pass (speed and memory only)")
@@ -180,7 +201,7 @@ func openText(path string) (io.Reader, func(), error) {
 
 func cmdGenerate(args []string) error {
 	fs := newFlags("generate", "[--model DIR] (PROMPT | --prompt TEXT | --prompt-file FILE | --prompt-file -) [flags]")
-	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm)")
+	dir := fs.String("model", "", "checkpoint or run `directory` (native, HF or mamba_ssm); default: the built-in model")
 	prompt := fs.String("prompt", "", "prompt `text`")
 	promptFile := fs.String("prompt-file", "", "read the prompt from `file` (- for standard input)")
 	maxBytes := fs.Int("max-bytes", 256, "most bytes to generate")
@@ -192,10 +213,11 @@ func cmdGenerate(args []string) error {
 	seed := fs.Uint64("seed", 0, "sampling seed (same seed, same output)")
 	var stops stringList
 	fs.Var(&stops, "stop", "stop when this `text` is produced; it is not printed (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	words, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	positional := strings.Join(fs.Args(), " ")
+	positional := strings.Join(words, " ")
 	given := 0
 	for _, g := range []bool{positional != "", *prompt != "", *promptFile != ""} {
 		if g {

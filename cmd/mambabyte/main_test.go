@@ -218,3 +218,27 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestParseInterspersed(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		words []string
+		n     int
+	}{
+		{[]string{"hello", "--n", "3"}, []string{"hello"}, 3},
+		{[]string{"--n", "3", "a", "b"}, []string{"a", "b"}, 3},
+		{[]string{"a", "--n", "4", "b"}, []string{"a", "b"}, 4},
+		{[]string{"--", "--n", "5"}, []string{"--n", "5"}, 1},
+		{[]string{"x", "--", "-y"}, []string{"x", "-y"}, 1},
+	} {
+		fs := newFlags("t", "")
+		n := fs.Int("n", 1, "")
+		words, err := parseInterspersed(fs, tc.args)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if strings.Join(words, "|") != strings.Join(tc.words, "|") || *n != tc.n {
+			t.Errorf("%v: words %q n %d, want %q n %d", tc.args, words, *n, tc.words, tc.n)
+		}
+	}
+}

@@ -60,6 +60,12 @@ func Load(dir string) (model.Config, map[string][]float32, Format, error) {
 	default:
 		return model.Config{}, nil, "", fmt.Errorf("%s: no %s or %s", dir, SafetensorsFile, TorchFile)
 	}
+	return finish(cfg, format, info, wpath, tensors, err)
+}
+
+// finish checks the tensors read from wpath (or the error reading them)
+// against the parsed config and returns Load's results.
+func finish(cfg model.Config, format Format, info *configInfo, wpath string, tensors map[string]*Tensor, err error) (model.Config, map[string][]float32, Format, error) {
 	if err != nil {
 		return model.Config{}, nil, "", err
 	}

@@ -17,12 +17,5 @@ func LoadBytes(name string, config, safetensors []byte) (model.Config, map[strin
 	}
 	wpath := name + "/" + SafetensorsFile
 	tensors, err := readSafetensors(wpath, bytes.NewReader(safetensors), int64(len(safetensors)))
-	if err != nil {
-		return model.Config{}, nil, "", err
-	}
-	out, err := matchTensors(wpath, cfg, format, info, tensors)
-	if err != nil {
-		return model.Config{}, nil, "", err
-	}
-	return cfg, out, format, nil
+	return finish(cfg, format, info, wpath, tensors, err)
 }

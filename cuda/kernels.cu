@@ -1,0 +1,1226 @@
+// kernels.cu — CUDA kernels of the MambaByte backend behind the C ABI in
+// mambabyte_cuda.h. Each kernel computes what the CPU kernel of the same name
+// in internal/backend/cpu computes (that package documents the semantics);
+// the comments here say how the work is split across threads.
+//
+// Glossary: B batch, T time, D d_model, E d_inner, N d_state, K d_conv,
+// V vocab. Everything runs on the legacy default stream, in call order.
+//
+// Reductions of parameter gradients over rows (norm weights and biases, conv
+// weights and bias, dt bias, Dskip, A_log) are deterministic: partial sums
+// over fixed chunks of rows, then a fixed-order sum of the partials. The
+// embedding gradient and the scan's dBt/dCt (sums over channels) use atomics.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "mambabyte_cuda.h"
+
+// ---------------------------------------------------------------------------
+// Errors and library state.
+
+static char g_err[1024] = "no error";
+static char g_name[512] = "";
+static int g_ready = 0;
+static int g_device = 0;
+static int g_sync = 0;
+static cublasHandle_t g_blas = nullptr;
+
+static void set_err(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+}
+
+#define CK(call)                                                                       \
+    do {                                                                               \
+        cudaError_t e_ = (call);                                                       \
+        if (e_ != cudaSuccess) {                                                       \
+            set_err("%s: %s: %s (%s:%d)", __func__, #call, cudaGetErrorString(e_),     \
+                    __FILE__, __LINE__);                                               \
+            return 1;                                                                  \
+        }                                                                              \
+    } while (0)
+
+#define CKB(call)                                                                      \
+    do {                                                                               \
+        cublasStatus_t s_ = (call);                                                    \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                             \
+            set_err("%s: %s: cuBLAS %s (%d) (%s:%d)", __func__, #call,                 \
+                    cublasGetStatusString(s_), (int)s_, __FILE__, __LINE__);           \
+            return 1;                                                                  \
+        }                                                                              \
+    } while (0)
+
+// After a kernel launch: report launch errors, and in sync mode the errors of
+// the kernel itself.
+#define LAUNCHED()                                                                     \
+    do {                                                                               \
+        CK(cudaGetLastError());                                                        \
+        if (g_sync) CK(cudaDeviceSynchronize());                                       \
+    } while (0)
+
+#define ENTER()                                                                        \
+    do {                                                                               \
+        if (!g_ready) {                                                                \
+            set_err("%s: mb_init has not been called", __func__);                      \
+            return 1;                                                                  \
+        }                                                                              \
+    } while (0)
+
+// Growable device scratch: one general workspace, two int32 upload buffers
+// (ids, targets) and a double result slot.
+static void *g_ws = nullptr;
+static size_t g_ws_bytes = 0;
+static int32_t *g_i32[2] = {nullptr, nullptr};
+static size_t g_i32_n[2] = {0, 0};
+static double *g_result = nullptr;
+
+// workspace makes *p point at a device workspace of at least bytes. Work
+// launched earlier may still use the old one, so growing waits for it.
+static int workspace(size_t bytes, void **p) {
+    if (bytes > g_ws_bytes) {
+        CK(cudaDeviceSynchronize());
+        if (g_ws) CK(cudaFree(g_ws));
+        g_ws = nullptr;
+        g_ws_bytes = 0;
+        size_t want = bytes + bytes / 4 + 4096;
+        CK(cudaMalloc(&g_ws, want));
+        g_ws_bytes = want;
+    }
+    *p = g_ws;
+    return 0;
+}
+
+// upload_i32 copies n int32 values from the host into upload buffer slot.
+static int upload_i32(int slot, const int32_t *host, int64_t n, int32_t **out) {
+    if ((size_t)n > g_i32_n[slot]) {
+        CK(cudaDeviceSynchronize());
+        if (g_i32[slot]) CK(cudaFree(g_i32[slot]));
+        g_i32[slot] = nullptr;
+        g_i32_n[slot] = 0;
+        size_t want = (size_t)n + (size_t)n / 4 + 64;
+        CK(cudaMalloc(&g_i32[slot], want * sizeof(int32_t)));
+        g_i32_n[slot] = want;
+    }
+    // Pageable host memory: the copy is ordered after earlier work on the
+    // legacy stream, so a kernel still reading the buffer finishes first.
+    CK(cudaMemcpy(g_i32[slot], host, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+    *out = g_i32[slot];
+    return 0;
+}
+
+// carve returns the next 256-byte aligned piece of count values of type T
+// from a workspace cursor.
+template <class T>
+static T *carve(char **cursor, int64_t count) {
+    uintptr_t p = ((uintptr_t)*cursor + 255) & ~(uintptr_t)255;
+    *cursor = (char *)(p + (uintptr_t)count * sizeof(T));
+    return (T *)p;
+}
+
+template <class T>
+static size_t carve_size(int64_t count) {
+    return (size_t)count * sizeof(T) + 256;
+}
+
+// ---------------------------------------------------------------------------
+// Device helpers (the CPU's mathf.go).
+
+__device__ __forceinline__ float sigmoid_(float x) {
+    if (x >= 0.f) return 1.f / (1.f + expf(-x));
+    float e = expf(x);
+    return e / (1.f + e);
+}
+__device__ __forceinline__ float silu_(float x) { return x * sigmoid_(x); }
+__device__ __forceinline__ float silu_grad_(float x) {
+    float s = sigmoid_(x);
+    return s * (1.f + x * (1.f - s));
+}
+// softplus returns x itself above 20, as PyTorch does.
+__device__ __forceinline__ float softplus_(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// block_sum returns the sum of v over the block (blockDim.x a multiple of 32)
+// to every thread.
+template <class T>
+__device__ T block_sum(T v) {
+    __shared__ T sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? sh[lane] : T(0);
+        v = warp_sum(v);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    return sh[0];
+}
+
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? sh[lane] : -INFINITY;
+        v = warp_max(v);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    return sh[0];
+}
+
+#define GRID_LOOP(i, n)                                                                \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)(n); \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+static const int kThreads = 256;
+
+static unsigned grid_for(int64_t n) {
+    int64_t b = (n + kThreads - 1) / kThreads;
+    if (b > 65536) b = 65536;
+    if (b < 1) b = 1;
+    return (unsigned)b;
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic column sums: out[q][c] (+)= Σ_r f(r, c, q) for c < C, q < Q.
+// Stage 1: a block of 32×8 threads sums a 32-column tile over one chunk of
+// rows into part[chunk][q][c]. Stage 2: one thread per (q, c) adds the chunk
+// partials in order and hands the total to the functor's store.
+
+static const int kMaxChunks = 256;
+
+template <class F>
+__global__ void k_colsum_partial(F f, float *part, int64_t rows, int64_t C, int64_t rch) {
+    __shared__ float sh[8][33];
+    int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    int64_t r0 = (int64_t)blockIdx.y * rch;
+    int64_t r1 = r0 + rch < rows ? r0 + rch : rows;
+    int q = blockIdx.z;
+    float acc = 0.f;
+    if (c < C)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) acc += f(r, c, q);
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float s = 0.f;
+        for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
+        part[((int64_t)blockIdx.y * gridDim.z + q) * C + c] = s;
+    }
+}
+
+template <class F>
+__global__ void k_colsum_final(F f, const float *part, int64_t chunks, int Q, int64_t C) {
+    GRID_LOOP(i, (int64_t)Q * C) {
+        int q = (int)(i / C);
+        int64_t c = i - (int64_t)q * C;
+        float s = 0.f;
+        for (int64_t ch = 0; ch < chunks; ch++) s += part[(ch * Q + q) * C + c];
+        f.store(c, q, s);
+    }
+}
+
+// colsum runs both stages for functor f (with operator()(r,c,q) and
+// store(c,q,s)).
+template <class F>
+static int colsum(F f, int64_t rows, int64_t C, int Q) {
+    if (rows <= 0 || C <= 0 || Q <= 0) return 0;
+    int64_t rch = (rows + kMaxChunks - 1) / kMaxChunks;
+    if (rch < 64) rch = 64;
+    int64_t chunks = (rows + rch - 1) / rch;
+    void *ws;
+    if (workspace((size_t)chunks * Q * C * sizeof(float), &ws)) return 1;
+    float *part = (float *)ws;
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks, (unsigned)Q);
+    k_colsum_partial<<<grid, dim3(32, 8)>>>(f, part, rows, C, rch);
+    LAUNCHED();
+    k_colsum_final<<<grid_for((int64_t)Q * C), kThreads>>>(f, part, chunks, Q, C);
+    LAUNCHED();
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Init and memory.
+
+extern "C" int mb_abi_version(void) { return MB_ABI_VERSION; }
+
+extern "C" const char *mb_last_error(void) { return g_err; }
+
+extern "C" const char *mb_device_name(void) { return g_name; }
+
+extern "C" int mb_init(int device, int sync) {
+    if (g_ready) {
+        if (device != g_device) {
+            set_err("mb_init: already initialised on device %d", g_device);
+            return 1;
+        }
+        if (sync) g_sync = 1;
+        return 0;
+    }
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        set_err("no CUDA driver/GPU: cudaGetDeviceCount: %s", cudaGetErrorString(e));
+        return 2;
+    }
+    if (count == 0) {
+        set_err("no CUDA driver/GPU: no CUDA device found");
+        return 2;
+    }
+    if (device < 0 || device >= count) {
+        set_err("no CUDA driver/GPU: device %d requested, %d present", device, count);
+        return 2;
+    }
+    CK(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, device));
+    if (prop.major < 9) {
+        set_err("no CUDA driver/GPU: %s is sm_%d%d; this library is built for sm_90 and newer",
+                prop.name, prop.major, prop.minor);
+        return 2;
+    }
+    snprintf(g_name, sizeof g_name, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major,
+             prop.minor, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    CKB(cublasCreate(&g_blas));
+    CKB(cublasSetPointerMode(g_blas, CUBLAS_POINTER_MODE_HOST));
+    CK(cudaMalloc(&g_result, sizeof(double)));
+    g_device = device;
+    g_sync = sync ? 1 : 0;
+    g_ready = 1;
+    return 0;
+}
+
+extern "C" uintptr_t mb_malloc(int64_t bytes) {
+    if (!g_ready) {
+        set_err("mb_malloc: mb_init has not been called");
+        return 0;
+    }
+    if (bytes <= 0) return 0;
+    void *p = nullptr;
+    cudaError_t e = cudaMalloc(&p, (size_t)bytes);
+    if (e != cudaSuccess) {
+        set_err("mb_malloc: cudaMalloc(%lld bytes): %s", (long long)bytes, cudaGetErrorString(e));
+        return 0;
+    }
+    return (uintptr_t)p;
+}
+
+// mb_free may run on another thread than the other calls (Go cleanups); it
+// leaves g_err alone.
+extern "C" int mb_free(void *p) {
+    if (!p) return 0;
+    return cudaFree(p) == cudaSuccess ? 0 : 1;
+}
+
+extern "C" int mb_memcpy_h2d(void *dst, const void *src_host, int64_t bytes) {
+    ENTER();
+    if (bytes <= 0) return 0;
+    CK(cudaMemcpy(dst, src_host, (size_t)bytes, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+extern "C" int mb_memcpy_d2h(void *dst_host, const void *src, int64_t bytes) {
+    ENTER();
+    if (bytes <= 0) return 0;
+    CK(cudaMemcpy(dst_host, src, (size_t)bytes, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+extern "C" int mb_memcpy_d2d(void *dst, const void *src, int64_t bytes) {
+    ENTER();
+    if (bytes <= 0 || dst == src) return 0;
+    CK(cudaMemcpy(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice));
+    if (g_sync) CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+extern "C" int mb_memset(void *dst, int value, int64_t bytes) {
+    ENTER();
+    if (bytes <= 0) return 0;
+    CK(cudaMemset(dst, value, (size_t)bytes));
+    if (g_sync) CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+extern "C" int mb_sync(void) {
+    ENTER();
+    CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// GEMM.
+
+// k_scale_rows: C[i, j] = beta·C[i, j] (beta 0: zero, ignoring NaNs) for an
+// (m,n) matrix of row stride ldc; the k = 0 or alpha = 0 case of GEMM.
+__global__ void k_scale_rows(float *c, int64_t ldc, int64_t m, int64_t n, float beta) {
+    GRID_LOOP(i, m * n) {
+        int64_t r = i / n, j = i - r * n;
+        float *p = c + r * ldc + j;
+        *p = beta == 0.f ? 0.f : beta * *p;
+    }
+}
+
+extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                       const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                       float *c, int64_t ldc, int mode) {
+    ENTER();
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0 || alpha == 0.f) {
+        if (beta == 1.f) return 0;
+        k_scale_rows<<<grid_for(m * n), kThreads>>>(c, ldc, m, n, beta);
+        LAUNCHED();
+        return 0;
+    }
+    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX ||
+        ldc > INT32_MAX) {
+        set_err("mb_gemm: sizes beyond int32 (m=%lld n=%lld k=%lld)", (long long)m, (long long)n,
+                (long long)k);
+        return 1;
+    }
+    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: a
+    // row-major buffer read column-major is the transpose, so pass B first
+    // with the same transpose flags.
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (mode == 0) {
+        CKB(cublasSgemm(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, (int)ldb, a,
+                        (int)lda, &beta, c, (int)ldc));
+    } else {
+        CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
+                         (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
+                         CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+    }
+    if (g_sync) CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Embedding: one thread per output value.
+
+__global__ void k_embed_fwd(float *out, const int32_t *ids, const float *w, int64_t n, int64_t D) {
+    GRID_LOOP(i, n * D) {
+        int64_t r = i / D, j = i - r * D;
+        out[i] = w[(int64_t)ids[r] * D + j];
+    }
+}
+
+__global__ void k_embed_bwd(float *dw, const float *dout, const int32_t *ids, int64_t n, int64_t D) {
+    GRID_LOOP(i, n * D) {
+        int64_t r = i / D, j = i - r * D;
+        atomicAdd(&dw[(int64_t)ids[r] * D + j], dout[i]);
+    }
+}
+
+extern "C" int mb_embed_fwd(float *out, const int32_t *ids_host, const float *w, int64_t n,
+                            int64_t D) {
+    ENTER();
+    if (n <= 0 || D <= 0) return 0;
+    int32_t *ids;
+    if (upload_i32(0, ids_host, n, &ids)) return 1;
+    k_embed_fwd<<<grid_for(n * D), kThreads>>>(out, ids, w, n, D);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_host, int64_t n,
+                            int64_t D) {
+    ENTER();
+    if (n <= 0 || D <= 0) return 0;
+    int32_t *ids;
+    if (upload_i32(0, ids_host, n, &ids)) return 1;
+    k_embed_bwd<<<grid_for(n * D), kThreads>>>(dw, dout, ids, n, D);
+    LAUNCHED();
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm / RMSNorm: one warp per row (8 rows per block of 256).
+
+__global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int64_t rows, int64_t D, float eps, int rms) {
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;  // the whole warp leaves together
+    const float *xr = x + r * D;
+    float *orow = out + r * D;
+    float mu = 0.f;
+    if (!rms) {
+        float s = 0.f;
+        for (int64_t i = lane; i < D; i += 32) s += xr[i];
+        mu = warp_sum(s) / (float)D;
+    }
+    float ss = 0.f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float d = xr[i] - mu;
+        ss += d * d;
+    }
+    ss = warp_sum(ss);
+    float rs = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
+    if (rms) {
+        for (int64_t i = lane; i < D; i += 32) orow[i] = xr[i] * rs * w[i];
+    } else {
+        for (int64_t i = lane; i < D; i += 32) orow[i] = (xr[i] - mu) * rs * w[i] + b[i];
+    }
+    if (lane == 0) {
+        if (mean) mean[r] = mu;
+        if (rstd) rstd[r] = rs;
+    }
+}
+
+// dx += rstd·(dout·w - mean(dout·w) - xhat·mean(dout·w·xhat)), one warp per row.
+__global__ void k_norm_bwd_dx(float *dx, const float *dout, const float *x, const float *w,
+                              const float *mean, const float *rstd, int64_t rows, int64_t D,
+                              int rms) {
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const float *xr = x + r * D, *gr = dout + r * D;
+    float *dr = dx + r * D;
+    float m = mean ? mean[r] : 0.f, rs = rstd[r];
+    float sg = 0.f, sgx = 0.f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float xh = (xr[i] - m) * rs;
+        float g = gr[i] * w[i];
+        sg += g;
+        sgx += g * xh;
+    }
+    float mg = warp_sum(sg) / (float)D;
+    float mgx = warp_sum(sgx) / (float)D;
+    if (rms) mg = 0.f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float xh = (xr[i] - m) * rs;
+        dr[i] += rs * (gr[i] * w[i] - mg - xh * mgx);
+    }
+}
+
+// Column sums for the norm: q 0 is Σ dout·xhat (dw), q 1 is Σ dout (db).
+struct NormCols {
+    float *dw, *db;
+    const float *dout, *x, *mean, *rstd;
+    int64_t D;
+    __device__ float operator()(int64_t r, int64_t c, int q) const {
+        float g = dout[r * D + c];
+        if (q == 1) return g;
+        float m = mean ? mean[r] : 0.f;
+        return g * ((x[r * D + c] - m) * rstd[r]);
+    }
+    __device__ void store(int64_t c, int q, float s) const {
+        if (q == 0)
+            dw[c] += s;
+        else
+            db[c] += s;
+    }
+};
+
+extern "C" int mb_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int64_t rows, int64_t D, float eps, int rms) {
+    ENTER();
+    if (rows <= 0 || D <= 0) return 0;
+    unsigned blocks = (unsigned)((rows + 7) / 8);
+    k_norm_fwd<<<blocks, 256>>>(out, mean, rstd, x, w, b, rows, D, eps, rms);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
+                           const float *w, const float *mean, const float *rstd, int64_t rows,
+                           int64_t D, int rms) {
+    ENTER();
+    if (rows <= 0 || D <= 0) return 0;
+    unsigned blocks = (unsigned)((rows + 7) / 8);
+    k_norm_bwd_dx<<<blocks, 256>>>(dx, dout, x, w, mean, rstd, rows, D, rms);
+    LAUNCHED();
+    NormCols f{dw, db, dout, x, mean, rstd, D};
+    int Q = (rms || db == nullptr) ? 1 : 2;
+    return colsum(f, rows, D, Q);
+}
+
+// ---------------------------------------------------------------------------
+// Causal depthwise conv + SiLU: one thread per (b, t, e).
+
+__device__ __forceinline__ float conv_in(const float *xi, int64_t ldx, const float *prev, int64_t b,
+                                         int64_t T, int64_t E, int64_t K, int64_t tau, int64_t e) {
+    if (tau >= 0) return xi[(b * T + tau) * ldx + e];
+    if (prev) return prev[(b * (K - 1) + K - 1 + tau) * E + e];
+    return 0.f;
+}
+
+__global__ void k_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
+                           const float *w, const float *bias, int64_t B, int64_t T, int64_t E,
+                           int64_t K) {
+    GRID_LOOP(i, B * T * E) {
+        int64_t e = i % E, bt = i / E, t = bt % T, b = bt / T;
+        float acc = bias ? bias[e] : 0.f;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t tau = t - K + 1 + k;
+            if (tau >= 0 || prev) acc += w[e * K + k] * conv_in(xi, ldx, prev, b, T, E, K, tau, e);
+        }
+        if (pre) pre[i] = acc;
+        u[i] = silu_(acc);
+    }
+}
+
+// dxi[t] = Σ_k dpre[t+K-1-k]·w[k], dpre = du·silu'(pre).
+__global__ void k_conv_bwd_dx(float *dxi, int64_t ldx, const float *du, const float *pre,
+                              const float *w, int64_t B, int64_t T, int64_t E, int64_t K) {
+    GRID_LOOP(i, B * T * E) {
+        int64_t e = i % E, bt = i / E, t = bt % T, b = bt / T;
+        float acc = 0.f;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t s = t + K - 1 - k;
+            if (s < T) {
+                int64_t j = (b * T + s) * E + e;
+                acc += du[j] * silu_grad_(pre[j]) * w[e * K + k];
+            }
+        }
+        dxi[(b * T + t) * ldx + e] = acc;
+    }
+}
+
+// Column sums for the conv: q < K is Σ dpre·input[t-K+1+q] (dw[e,q]), q = K
+// is Σ dpre (dbias).
+struct ConvCols {
+    float *dw, *dbias;
+    const float *du, *pre, *xi, *prev;
+    int64_t ldx, T, E, K;
+    __device__ float operator()(int64_t r, int64_t e, int q) const {
+        float g = du[r * E + e] * silu_grad_(pre[r * E + e]);
+        if (q == K) return g;
+        int64_t b = r / T, t = r - b * T;
+        return g * conv_in(xi, ldx, prev, b, T, E, K, t - K + 1 + q, e);
+    }
+    __device__ void store(int64_t e, int q, float s) const {
+        if (q == K)
+            dbias[e] += s;
+        else
+            dw[e * K + q] += s;
+    }
+};
+
+// Conv state: one thread per (b, e) walks the K-1 slots in order, so next
+// may alias prev (slot j reads slot j+T, which is written later).
+__global__ void k_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
+                             int64_t B, int64_t T, int64_t E, int64_t K) {
+    int64_t W = K - 1;
+    GRID_LOOP(i, B * E) {
+        int64_t b = i / E, e = i - b * E;
+        for (int64_t j = 0; j < W; j++) {
+            float v;
+            if (j < W - T)
+                v = prev ? prev[(b * W + j + T) * E + e] : 0.f;
+            else
+                v = xi[(b * T + T - W + j) * ldx + e];
+            next[(b * W + j) * E + e] = v;
+        }
+    }
+}
+
+extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
+                           const float *w, const float *bias, int64_t B, int64_t T, int64_t E,
+                           int64_t K) {
+    ENTER();
+    if (B * T * E <= 0) return 0;
+    k_conv_fwd<<<grid_for(B * T * E), kThreads>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
+                           const float *pre, const float *xi, const float *prev, const float *w,
+                           int64_t B, int64_t T, int64_t E, int64_t K) {
+    ENTER();
+    if (B * T * E <= 0) return 0;
+    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads>>>(dxi, ldx, du, pre, w, B, T, E, K);
+    LAUNCHED();
+    ConvCols f{dw, dbias, du, pre, xi, prev, ldx, T, E, K};
+    return colsum(f, B * T, E, (int)(dbias ? K + 1 : K));
+}
+
+extern "C" int mb_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
+                             int64_t B, int64_t T, int64_t E, int64_t K) {
+    ENTER();
+    if (B * E <= 0 || K <= 1) return 0;
+    k_conv_state<<<grid_for(B * E), kThreads>>>(next, prev, xi, ldx, B, T, E, K);
+    LAUNCHED();
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// dt, gate and other element-wise kernels.
+
+__global__ void k_dt_fwd(float *delta, float *raw, const float *bias, int64_t rows, int64_t E) {
+    GRID_LOOP(i, rows * E) {
+        float x = raw[i] + (bias ? bias[i % E] : 0.f);
+        raw[i] = x;
+        delta[i] = softplus_(x);
+    }
+}
+
+__global__ void k_dt_bwd(float *draw, const float *ddelta, const float *raw, int64_t n) {
+    GRID_LOOP(i, n) draw[i] = ddelta[i] * sigmoid_(raw[i]);
+}
+
+// Column sum of draw into dbias.
+struct DtCols {
+    float *dbias;
+    const float *draw;
+    int64_t E;
+    __device__ float operator()(int64_t r, int64_t c, int) const { return draw[r * E + c]; }
+    __device__ void store(int64_t c, int, float s) const { dbias[c] += s; }
+};
+
+extern "C" int mb_dt_fwd(float *delta, float *raw, const float *bias, int64_t rows, int64_t E) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    k_dt_fwd<<<grid_for(rows * E), kThreads>>>(delta, raw, bias, rows, E);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_dt_bwd(float *draw, float *dbias, const float *ddelta, const float *raw,
+                         int64_t rows, int64_t E) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    k_dt_bwd<<<grid_for(rows * E), kThreads>>>(draw, ddelta, raw, rows * E);
+    LAUNCHED();
+    if (!dbias) return 0;
+    DtCols f{dbias, draw, E};
+    return colsum(f, rows, E, 1);
+}
+
+__global__ void k_negexp(float *a, const float *alog, int64_t n) {
+    GRID_LOOP(i, n) a[i] = -expf(alog[i]);
+}
+
+extern "C" int mb_negexp(float *a, const float *alog, int64_t n) {
+    ENTER();
+    if (n <= 0) return 0;
+    k_negexp<<<grid_for(n), kThreads>>>(a, alog, n);
+    LAUNCHED();
+    return 0;
+}
+
+__global__ void k_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows,
+                           int64_t E) {
+    GRID_LOOP(i, rows * E) {
+        int64_t r = i / E, e = i - r * E;
+        out[i] = y[i] * silu_(z[r * ldz + e]);
+    }
+}
+
+__global__ void k_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
+                           int64_t ldz, int64_t rows, int64_t E) {
+    GRID_LOOP(i, rows * E) {
+        int64_t r = i / E, e = i - r * E;
+        float zz = z[r * ldz + e], g = dout[i], yy = y[i];
+        dy[i] = g * silu_(zz);
+        dz[r * ldz + e] = g * yy * silu_grad_(zz);
+    }
+}
+
+extern "C" int mb_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows,
+                           int64_t E) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    k_gate_fwd<<<grid_for(rows * E), kThreads>>>(out, y, z, ldz, rows, E);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
+                           int64_t ldz, int64_t rows, int64_t E) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    k_gate_bwd<<<grid_for(rows * E), kThreads>>>(dy, dz, dout, y, z, ldz, rows, E);
+    LAUNCHED();
+    return 0;
+}
+
+__global__ void k_add(float *dst, const float *src, int64_t n) {
+    GRID_LOOP(i, n) dst[i] += src[i];
+}
+
+extern "C" int mb_add(float *dst, const float *src, int64_t n) {
+    ENTER();
+    if (n <= 0) return 0;
+    k_add<<<grid_for(n), kThreads>>>(dst, src, n);
+    LAUNCHED();
+    return 0;
+}
+
+__global__ void k_scale(float *x, float s, int64_t n) {
+    GRID_LOOP(i, n) x[i] *= s;
+}
+
+extern "C" int mb_scale(float *x, float s, int64_t n) {
+    ENTER();
+    if (n <= 0) return 0;
+    k_scale<<<grid_for(n), kThreads>>>(x, s, n);
+    LAUNCHED();
+    return 0;
+}
+
+__global__ void k_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                        float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
+    GRID_LOOP(i, n) {
+        float g = grad[i];
+        float mi = beta1 * m[i] + (1.f - beta1) * g;
+        float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float den = sqrtf(vi / bc2) + eps;
+        float p = param[i];
+        param[i] = p - lr * (mi / bc1 / den + wd * p);
+    }
+}
+
+extern "C" int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                        float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
+    ENTER();
+    if (n <= 0) return 0;
+    k_adamw<<<grid_for(n), kThreads>>>(param, grad, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+    LAUNCHED();
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Sums returned to the host, in double, deterministic: block partials, then
+// one block adds them in order.
+
+static const int kSumBlocks = 1024;
+
+__global__ void k_sumsq_partial(double *part, const float *x, int64_t n) {
+    double s = 0.0;
+    GRID_LOOP(i, n) {
+        double v = (double)x[i];
+        s += v * v;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// k_sum_f32_to_f64 sums x (n floats) in double with one block.
+__global__ void k_sum_f32(double *out, const float *x, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) *out = s;
+}
+
+__global__ void k_sum_f64(double *out, const double *x, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) *out = s;
+}
+
+extern "C" int mb_sum_squares(const float *x, int64_t n, double *out_host) {
+    ENTER();
+    *out_host = 0;
+    if (n <= 0) return 0;
+    int64_t blocks = (n + kThreads - 1) / kThreads;
+    if (blocks > kSumBlocks) blocks = kSumBlocks;
+    void *ws;
+    if (workspace((size_t)blocks * sizeof(double), &ws)) return 1;
+    double *part = (double *)ws;
+    k_sumsq_partial<<<(unsigned)blocks, kThreads>>>(part, x, n);
+    LAUNCHED();
+    k_sum_f64<<<1, 1024>>>(g_result, part, blocks);
+    LAUNCHED();
+    CK(cudaMemcpy(out_host, g_result, sizeof(double), cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Cross-entropy: one block per row. dlogits may alias logits: every thread
+// reads x[t] before the barrier that precedes the writes, and each element
+// is read and written by the same thread.
+
+__global__ void k_xent(float *dlogits, float *nll, float *rowloss, const float *logits,
+                       const int32_t *targets, int64_t V, float scale) {
+    int64_t r = blockIdx.x;
+    const float *x = logits + r * V;
+    float *d = dlogits ? dlogits + r * V : nullptr;
+    int tg = targets[r];
+    if (tg < 0) {
+        if (d)
+            for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = 0.f;
+        if (threadIdx.x == 0) {
+            if (nll) nll[r] = 0.f;
+            rowloss[r] = 0.f;
+        }
+        return;
+    }
+    float mx = -INFINITY;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
+    mx = block_max(mx);
+    float z = 0.f;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) z += expf(x[i] - mx);
+    z = block_sum(z);
+    float xt = x[tg];
+    __syncthreads();
+    float l = (float)(log((double)z) - (double)(xt - mx));
+    if (threadIdx.x == 0) {
+        rowloss[r] = l;
+        if (nll) nll[r] = l;
+    }
+    if (d) {
+        float inv = 1.f / z;
+        for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+            float v = expf(x[i] - mx) * inv * scale;
+            if (i == tg) v -= scale;
+            d[i] = v;
+        }
+    }
+}
+
+extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
+                                const int32_t *targets_host, int64_t n, int64_t V, float scale,
+                                double *sum_host) {
+    ENTER();
+    *sum_host = 0;
+    if (n <= 0) return 0;
+    if (n > INT32_MAX) {
+        set_err("mb_cross_entropy: %lld rows", (long long)n);
+        return 1;
+    }
+    int32_t *tg;
+    if (upload_i32(1, targets_host, n, &tg)) return 1;
+    void *ws;
+    if (workspace((size_t)n * sizeof(float), &ws)) return 1;
+    float *rowloss = (float *)ws;
+    k_xent<<<(unsigned)n, kThreads>>>(dlogits, nll, rowloss, logits, tg, V, scale);
+    LAUNCHED();
+    k_sum_f32<<<1, 1024>>>(g_result, rowloss, n);
+    LAUNCHED();
+    CK(cudaMemcpy(sum_host, g_result, sizeof(double), cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Selective scan.
+//
+// Thread layout (forward and backward): a channel (b, e) is served by a
+// group of P lanes (P = N rounded up to a power of two, at most 32), lane l
+// holding states n = l + j·P for j < J (J = ceil(N/P) <= 4), in registers.
+// A block of 256 threads serves 256/P consecutive channels of one sequence
+// b; grid (ceil(E/(256/P)), B). Lanes with n >= N or e >= E compute zeros
+// but stay in every loop, so shuffles and barriers see whole warps.
+
+static const int kScanThreads = 256;
+static const int kScanChunk = 64;  // = cpu.ScanChunk
+
+struct ScanArgs {
+    const float *u, *delta, *Bt, *Ct, *A, *Dskip;
+    int64_t ldbc;
+    int T, E, N, P;
+};
+
+// Forward: s = exp(Δ·A)·s + Δ·u·Bt; y = Σ_n s·Ct + Dskip·u; the state before
+// every 64th step goes to ckpt (B, ceil(T/64), E, N).
+template <int J>
+__global__ void __launch_bounds__(kScanThreads)
+    k_scan_fwd(ScanArgs a, float *y, const float *s0, float *sT, float *ckpt) {
+    const int P = a.P, T = a.T, E = a.E, N = a.N;
+    int tid = threadIdx.x, grp = tid / P, ln = tid % P;
+    int e = blockIdx.x * (blockDim.x / P) + grp;
+    int64_t b = blockIdx.y;
+    bool ce = e < E;
+    int nc = (T + kScanChunk - 1) / kScanChunk;
+    float s[J], A[J];
+    bool v[J];
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int n = ln + j * P;
+        v[j] = ce && n < N;
+        A[j] = v[j] ? a.A[(int64_t)e * N + n] : 0.f;
+        s[j] = (v[j] && s0) ? s0[(b * E + e) * N + n] : 0.f;
+    }
+    float dsk = ce ? a.Dskip[e] : 0.f;
+    for (int t = 0; t < T; t++) {
+        int64_t row = b * T + t;
+        if (ckpt && t % kScanChunk == 0) {
+#pragma unroll
+            for (int j = 0; j < J; j++)
+                if (v[j]) ckpt[((b * nc + t / kScanChunk) * E + e) * N + ln + j * P] = s[j];
+        }
+        float d = ce ? a.delta[row * E + e] : 0.f;
+        float uu = ce ? a.u[row * E + e] : 0.f;
+        float du = d * uu;
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            if (v[j]) {
+                int n = ln + j * P;
+                float bt = a.Bt[row * a.ldbc + n], ct = a.Ct[row * a.ldbc + n];
+                s[j] = expf(d * A[j]) * s[j] + du * bt;
+                acc += s[j] * ct;
+            }
+        }
+        for (int o = P / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (ce && ln == 0) y[row * E + e] = acc + dsk * uu;
+    }
+    if (sT) {
+#pragma unroll
+        for (int j = 0; j < J; j++)
+            if (v[j]) sT[(b * E + e) * N + ln + j * P] = s[j];
+    }
+}
+
+// Backward, per chunk of 64 steps from the last: recompute the states from
+// the chunk's checkpoint into ws (the state before each step, [step][j][lane]),
+// then walk the chunk backwards carrying g = a_{t+1}·dL/ds_{t+1}. dBt and
+// dCt (sums over channels) are summed over the warp's channels with
+// shuffles, over the block's in shared memory (sh: dB then dC, 64·N each),
+// then added into global memory with atomics once per chunk. dA (per b, e,
+// n, summed over t) goes to partA (B,E,N).
+template <int J>
+__global__ void __launch_bounds__(kScanThreads)
+    k_scan_bwd(ScanArgs a, float *du_out, float *ddelta_out, float *dBt, float *dCt,
+               float *partA, float *ws, const float *dy, const float *ckpt) {
+    extern __shared__ float sh[];
+    const int P = a.P, T = a.T, E = a.E, N = a.N;
+    int tid = threadIdx.x, grp = tid / P, ln = tid % P, wl = tid & 31;
+    int e = blockIdx.x * (blockDim.x / P) + grp;
+    int64_t b = blockIdx.y;
+    bool ce = e < E;
+    int nc = (T + kScanChunk - 1) / kScanChunk;
+    int64_t nl = (int64_t)gridDim.x * gridDim.y * blockDim.x;
+    int64_t gl = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + tid;
+    float *sB = sh, *sC = sh + kScanChunk * N;
+    float A[J], g[J], dA[J];
+    bool v[J];
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int n = ln + j * P;
+        v[j] = ce && n < N;
+        A[j] = v[j] ? a.A[(int64_t)e * N + n] : 0.f;
+        g[j] = 0.f;
+        dA[j] = 0.f;
+    }
+    float dsk = ce ? a.Dskip[e] : 0.f;
+    for (int c = nc - 1; c >= 0; c--) {
+        int t0 = c * kScanChunk, t1 = min(T, t0 + kScanChunk);
+        float s[J];
+#pragma unroll
+        for (int j = 0; j < J; j++)
+            s[j] = v[j] ? ckpt[((b * nc + c) * E + e) * N + ln + j * P] : 0.f;
+        for (int t = t0; t < t1; t++) {
+            int64_t row = b * T + t;
+            float d = ce ? a.delta[row * E + e] : 0.f;
+            float du = d * (ce ? a.u[row * E + e] : 0.f);
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                ws[((int64_t)(t - t0) * J + j) * nl + gl] = s[j];
+                if (v[j]) s[j] = expf(d * A[j]) * s[j] + du * a.Bt[row * a.ldbc + ln + j * P];
+            }
+        }
+        for (int i = tid; i < 2 * kScanChunk * N; i += blockDim.x) sh[i] = 0.f;
+        __syncthreads();
+        for (int t = t1 - 1; t >= t0; t--) {
+            int jt = t - t0;
+            int64_t row = b * T + t;
+            float gy = ce ? dy[row * E + e] : 0.f;
+            float d = ce ? a.delta[row * E + e] : 0.f;
+            float uu = ce ? a.u[row * E + e] : 0.f;
+            float dd = 0.f, dus = 0.f;
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int n = ln + j * P;
+                float pb = 0.f, pc = 0.f;
+                if (v[j]) {
+                    float prev = ws[((int64_t)jt * J + j) * nl + gl];
+                    float ad = expf(d * A[j]);
+                    float bt = a.Bt[row * a.ldbc + n], ct = a.Ct[row * a.ldbc + n];
+                    float cur = ad * prev + d * uu * bt;
+                    float G = gy * ct + g[j];  // dL/ds_t
+                    pc = gy * cur;
+                    float da = G * prev * ad;  // dL/d(Δ·A)
+                    dd += da * A[j] + G * bt * uu;
+                    dA[j] += da * d;
+                    pb = G * d * uu;
+                    dus += G * d * bt;
+                    g[j] = ad * G;
+                }
+                // Sum over the warp's channels: lanes with the same ln.
+                for (int o = P; o < 32; o <<= 1) {
+                    pb += __shfl_xor_sync(0xffffffffu, pb, o);
+                    pc += __shfl_xor_sync(0xffffffffu, pc, o);
+                }
+                if (wl < P && n < N) {
+                    atomicAdd(&sB[jt * N + n], pb);
+                    atomicAdd(&sC[jt * N + n], pc);
+                }
+            }
+            for (int o = P / 2; o > 0; o >>= 1) {
+                dd += __shfl_xor_sync(0xffffffffu, dd, o);
+                dus += __shfl_xor_sync(0xffffffffu, dus, o);
+            }
+            if (ce && ln == 0) {
+                du_out[row * E + e] = dus + gy * dsk;
+                ddelta_out[row * E + e] = dd;
+            }
+        }
+        __syncthreads();
+        for (int i = tid; i < (t1 - t0) * N; i += blockDim.x) {
+            int jt = i / N, n = i - jt * N;
+            int64_t row = b * T + t0 + jt;
+            atomicAdd(&dBt[row * a.ldbc + n], sB[i]);
+            atomicAdd(&dCt[row * a.ldbc + n], sC[i]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < J; j++)
+        if (v[j]) partA[(b * E + e) * N + ln + j * P] = dA[j];
+}
+
+// dAlog[e,n] += A[e,n]·Σ_b partA[b,e,n] (d(Δ·A)/dA_log = Δ·A).
+__global__ void k_scan_dalog(float *dAlog, const float *partA, const float *A, int64_t B,
+                             int64_t EN) {
+    GRID_LOOP(i, EN) {
+        float s = 0.f;
+        for (int64_t b = 0; b < B; b++) s += partA[b * EN + i];
+        dAlog[i] += s * A[i];
+    }
+}
+
+// dDskip[e] += Σ_rows dy·u.
+struct DskipCols {
+    float *dDskip;
+    const float *dy, *u;
+    int64_t E;
+    __device__ float operator()(int64_t r, int64_t c, int) const {
+        return dy[r * E + c] * u[r * E + c];
+    }
+    __device__ void store(int64_t c, int, float s) const { dDskip[c] += s; }
+};
+
+__global__ void k_zero_rows(float *p, int64_t ld, int64_t rows, int64_t n) {
+    GRID_LOOP(i, rows * n) {
+        int64_t r = i / n, j = i - r * n;
+        p[r * ld + j] = 0.f;
+    }
+}
+
+static int scan_geometry(int64_t N, int *P, int *J) {
+    if (N <= 0 || N > 128) {
+        set_err("scan: N = %lld; this kernel supports 1 <= N <= 128", (long long)N);
+        return 1;
+    }
+    int p = 1;
+    while (p < N && p < 32) p <<= 1;
+    *P = p;
+    *J = (int)((N + p - 1) / p);
+    return 0;
+}
+
+extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const float *Bt,
+                           const float *Ct, const float *A, const float *Dskip, const float *s0,
+                           float *sT, float *ckpt, const mb_scan_dims *dims) {
+    ENTER();
+    int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N;
+    if (B <= 0 || T <= 0 || E <= 0) return 0;
+    int P, J;
+    if (scan_geometry(N, &P, &J)) return 1;
+    if (T > INT32_MAX || E > INT32_MAX || B > 65535) {
+        set_err("mb_scan_fwd: sizes out of range (B=%lld T=%lld E=%lld)", (long long)B,
+                (long long)T, (long long)E);
+        return 1;
+    }
+    ScanArgs a{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, P};
+    int cpb = kScanThreads / P;
+    dim3 grid((unsigned)((E + cpb - 1) / cpb), (unsigned)B);
+    switch (J) {
+    case 1: k_scan_fwd<1><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
+    case 2: k_scan_fwd<2><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
+    case 3: k_scan_fwd<3><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
+    default: k_scan_fwd<4><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
+    }
+    LAUNCHED();
+    return 0;
+}
+
+template <int J>
+static int launch_scan_bwd(dim3 grid, size_t shmem, ScanArgs a, float *du, float *ddelta,
+                           float *dBt, float *dCt, float *partA, float *ws, const float *dy,
+                           const float *ckpt) {
+    if (shmem > 48 * 1024)
+        CK(cudaFuncSetAttribute(k_scan_bwd<J>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)shmem));
+    k_scan_bwd<J><<<grid, kScanThreads, shmem>>>(a, du, ddelta, dBt, dCt, partA, ws, dy, ckpt);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,
+                           float *dDskip, const float *dy, const float *u, const float *delta,
+                           const float *Bt, const float *Ct, const float *A, const float *Dskip,
+                           const float *ckpt, const mb_scan_dims *dims) {
+    ENTER();
+    int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N, ldbc = dims->ldbc;
+    if (B <= 0 || T <= 0 || E <= 0) return 0;
+    int P, J;
+    if (scan_geometry(N, &P, &J)) return 1;
+    if (T > INT32_MAX || E > INT32_MAX || B > 65535) {
+        set_err("mb_scan_bwd: sizes out of range (B=%lld T=%lld E=%lld)", (long long)B,
+                (long long)T, (long long)E);
+        return 1;
+    }
+    int cpb = kScanThreads / P;
+    dim3 grid((unsigned)((E + cpb - 1) / cpb), (unsigned)B);
+    int64_t nl = (int64_t)grid.x * grid.y * kScanThreads;
+    // Workspace: recomputed states (64·J·nl) then partA (B·E·N).
+    void *wsv;
+    size_t need = carve_size<float>((int64_t)kScanChunk * J * nl) + carve_size<float>(B * E * N);
+    if (workspace(need, &wsv)) return 1;
+    char *cur = (char *)wsv;
+    float *states = carve<float>(&cur, (int64_t)kScanChunk * J * nl);
+    float *partA = carve<float>(&cur, B * E * N);
+
+    k_zero_rows<<<grid_for(B * T * N), kThreads>>>(dBt, ldbc, B * T, N);
+    LAUNCHED();
+    k_zero_rows<<<grid_for(B * T * N), kThreads>>>(dCt, ldbc, B * T, N);
+    LAUNCHED();
+    ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P};
+    size_t shmem = 2 * kScanChunk * (size_t)N * sizeof(float);
+    int rc;
+    switch (J) {
+    case 1: rc = launch_scan_bwd<1>(grid, shmem, a, du, ddelta, dBt, dCt, partA, states, dy, ckpt); break;
+    case 2: rc = launch_scan_bwd<2>(grid, shmem, a, du, ddelta, dBt, dCt, partA, states, dy, ckpt); break;
+    case 3: rc = launch_scan_bwd<3>(grid, shmem, a, du, ddelta, dBt, dCt, partA, states, dy, ckpt); break;
+    default: rc = launch_scan_bwd<4>(grid, shmem, a, du, ddelta, dBt, dCt, partA, states, dy, ckpt); break;
+    }
+    if (rc) return rc;
+    k_scan_dalog<<<grid_for(E * N), kThreads>>>(dAlog, partA, A, B, E * N);
+    LAUNCHED();
+    // The workspace now belongs to colsum; partA was consumed above (same
+    // stream), so reusing it is safe.
+    DskipCols f{dDskip, dy, u, E};
+    return colsum(f, B * T, E, 1);
+}

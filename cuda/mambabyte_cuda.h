@@ -1,0 +1,143 @@
+/*
+ * mambabyte_cuda.h — the C ABI of libmambabyte_cuda.so, the CUDA kernels of
+ * the MambaByte backend (internal/backend/cuda loads it at run time with
+ * purego; no cgo).
+ *
+ * Glossary: B batch, T time, D d_model, E d_inner, N d_state, R dt_rank,
+ * K d_conv, V vocab. Arrays are row-major float32 in device memory; "ld" is a
+ * row stride in values. Every operation has the semantics of the CPU kernel
+ * of the same name in internal/backend/cpu (which document shapes, the
+ * pointers that may be NULL, and which outputs are overwritten and which are
+ * accumulated into).
+ *
+ * Conventions:
+ *   - Every function returns 0 on success and nonzero on failure; then
+ *     mb_last_error() describes the failure. mb_init returns 2 when there is
+ *     no usable CUDA driver or GPU.
+ *   - Device pointers are passed as float* (or void*); host pointers are
+ *     named *_host. Sizes are int64_t.
+ *   - All work runs on the legacy default stream in call order; functions
+ *     returning host values (mb_cross_entropy, mb_sum_squares, mb_memcpy_d2h)
+ *     wait for it. Not thread-safe: one caller at a time.
+ *   - No function takes more than 15 arguments (purego's limit); wider calls
+ *     take a struct by pointer.
+ */
+#ifndef MAMBABYTE_CUDA_H
+#define MAMBABYTE_CUDA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Set up the library on a device: selects it, creates the cuBLAS handle. A
+ * second call with the same device is a no-op. sync != 0 synchronises after
+ * every launch so errors are reported by the operation that caused them. */
+int mb_init(int device, int sync);
+/* The message of the last failure (static storage). */
+const char *mb_last_error(void);
+/* "name (sm_XY, S SMs, G GiB)" of the device after mb_init. */
+const char *mb_device_name(void);
+/* The ABI version (MB_ABI_VERSION) this library implements. */
+int mb_abi_version(void);
+#define MB_ABI_VERSION 1
+
+/* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
+uintptr_t mb_malloc(int64_t bytes);
+int mb_free(void *p);
+int mb_memcpy_h2d(void *dst, const void *src_host, int64_t bytes);
+int mb_memcpy_d2h(void *dst_host, const void *src, int64_t bytes);
+int mb_memcpy_d2d(void *dst, const void *src, int64_t bytes);
+int mb_memset(void *dst, int value, int64_t bytes);
+int mb_sync(void);
+
+/* C = alpha·op(A)·op(B) + beta·C, row-major, op(A) (m,k), op(B) (k,n),
+ * C (m,n). mode 0: float32 (cublasSgemm); mode 1: bf16 tensor-core math with
+ * float32 accumulation and storage (CUBLAS_COMPUTE_32F_FAST_16BF). beta == 0
+ * overwrites C (NaNs in C are ignored). */
+int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+            float *c, int64_t ldc, int mode);
+
+/* out (n,D) = rows ids[i] of w (V,D). */
+int mb_embed_fwd(float *out, const int32_t *ids_host, const float *w, int64_t n, int64_t D);
+/* dw (V,D) row ids[i] += dout row i. */
+int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_host, int64_t n, int64_t D);
+
+/* LayerNorm (rms 0) or RMSNorm (rms 1) of x (rows,D); mean, rstd (rows)
+ * may be NULL; b unused for RMSNorm. */
+int mb_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+                const float *b, int64_t rows, int64_t D, float eps, int rms);
+/* dx += ..., dw += ..., db += ... (db unused for RMSNorm). */
+int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
+                const float *w, const float *mean, const float *rstd, int64_t rows,
+                int64_t D, int rms);
+
+/* Causal depthwise conv + SiLU; xi (B,T,E) row stride ldx; prev (B,K-1,E),
+ * pre and bias may be NULL. */
+int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
+                const float *w, const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
+/* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += . */
+int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
+                const float *pre, const float *xi, const float *prev, const float *w,
+                int64_t B, int64_t T, int64_t E, int64_t K);
+/* next (B,K-1,E) = last K-1 inputs after xi; prev may be NULL and may alias next. */
+int mb_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
+                  int64_t B, int64_t T, int64_t E, int64_t K);
+
+/* raw += bias (in place); delta = softplus(raw) (threshold 20). */
+int mb_dt_fwd(float *delta, float *raw, const float *bias, int64_t rows, int64_t E);
+/* draw = ddelta·sigmoid(raw) (draw may alias ddelta); dbias += Σ_rows draw. */
+int mb_dt_bwd(float *draw, float *dbias, const float *ddelta, const float *raw,
+              int64_t rows, int64_t E);
+
+/* a[i] = -exp(alog[i]) for n values. */
+int mb_negexp(float *a, const float *alog, int64_t n);
+
+/* Sizes of the selective scan; ldbc is the row stride of Bt and Ct. */
+typedef struct {
+    int64_t B, T, E, N, ldbc;
+} mb_scan_dims;
+
+/* Selective scan forward (see cpu.ScanForward): y (B,T,E); s0, sT (B,E,N)
+ * may be NULL and may alias; ckpt (B,ceil(T/64),E,N) may be NULL. N <= 128. */
+int mb_scan_fwd(float *y, const float *u, const float *delta, const float *Bt,
+                const float *Ct, const float *A, const float *Dskip, const float *s0,
+                float *sT, float *ckpt, const mb_scan_dims *dims);
+/* Selective scan backward (see cpu.ScanBackward): writes du, ddelta (B,T,E)
+ * and dBt, dCt (B,T,N, row stride ldbc); dAlog (E,N) and dDskip (E) += . */
+int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,
+                float *dDskip, const float *dy, const float *u, const float *delta,
+                const float *Bt, const float *Ct, const float *A, const float *Dskip,
+                const float *ckpt, const mb_scan_dims *dims);
+
+/* out (rows,E) = y·silu(z), z row stride ldz. */
+int mb_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows, int64_t E);
+/* Writes dy (rows,E) and dz (row stride ldz). */
+int mb_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
+                int64_t ldz, int64_t rows, int64_t E);
+
+/* dst[i] += src[i], i < n. */
+int mb_add(float *dst, const float *src, int64_t n);
+
+/* Softmax cross-entropy of logits (n,V) against targets (negative: row not
+ * scored). *sum_host = Σ -ln p(target). dlogits (may alias logits) and nll
+ * (n) may be NULL. */
+int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
+                     const int32_t *targets_host, int64_t n, int64_t V, float scale,
+                     double *sum_host);
+
+/* *out_host = Σ x[i]² accumulated in double. */
+int mb_sum_squares(const float *x, int64_t n, double *out_host);
+/* x[i] *= s. */
+int mb_scale(float *x, float s, int64_t n);
+/* One AdamW update of n values (see cpu.AdamW). */
+int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+             float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAMBABYTE_CUDA_H */

@@ -1,0 +1,333 @@
+// Package cuda runs the model's operations on an NVIDIA GPU.
+//
+// The kernels live in a shared library of our own, libmambabyte_cuda.so,
+// built from the repository's cuda/ directory with `make -C cuda` (nvcc and
+// cuBLAS needed there, nothing here). This package loads it at run time
+// through purego, without cgo, so the default build and tests need no CUDA:
+// New returns an error wrapping ErrUnavailable when the library, the driver
+// or the GPU is missing.
+//
+// The library is looked for at $MAMBABYTE_CUDA_LIB, next to the executable,
+// at ./cuda/libmambabyte_cuda.so under the working directory, and in cuda/
+// of the enclosing Go module (found through go.mod from the working
+// directory).
+//
+// Every operation has the semantics of the CPU kernel of the same name
+// (package internal/backend/cpu): shapes, row strides, nil tensors, and
+// which outputs are overwritten or accumulated into. Operations run
+// asynchronously on the device in call order; Download, CrossEntropy and
+// SumSquares wait for the work before them. A CUDA failure inside an
+// operation panics with the library's message (enable Options.Sync to have
+// kernel faults reported by the operation that caused them).
+//
+// Precision "fp32" computes everything in float32. "bf16" runs the GEMMs on
+// bf16 tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF: operands rounded
+// to bf16, float32 accumulation, float32 storage); the other kernels stay
+// float32.
+package cuda
+
+import (
+	"fmt"
+	"runtime"
+
+	"github.com/mambabyte/mambabyte/internal/backend"
+)
+
+// ScanChunk is the number of time steps between the states Scan saves for
+// ScanBackward (cpu.ScanChunk).
+const ScanChunk = 64
+
+// Options configure a Backend.
+type Options struct {
+	// Precision is "fp32" (default when empty) or "bf16".
+	Precision string
+	// Device is the CUDA device ordinal; one device per process.
+	Device int
+	// Sync waits for the device after every operation so a kernel fault
+	// is reported by the operation that caused it (slow; for debugging).
+	Sync bool
+}
+
+// Backend runs operations on one CUDA device.
+type Backend struct {
+	l         *lib
+	mode      int32 // GEMM mode: 0 fp32, 1 bf16
+	precision string
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New loads the kernel library, sets up the device and returns a backend.
+// The error wraps ErrUnavailable when this machine cannot run it.
+func New(opts Options) (*Backend, error) {
+	be := &Backend{precision: opts.Precision}
+	switch opts.Precision {
+	case "", "fp32":
+		be.precision = "fp32"
+	case "bf16":
+		be.mode = 1
+	default:
+		return nil, fmt.Errorf("cuda: precision %q (want fp32 or bf16)", opts.Precision)
+	}
+	l, err := loadLib()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.setup(opts.Device, opts.Sync); err != nil {
+		return nil, err
+	}
+	be.l = l
+	return be, nil
+}
+
+// Name is "cuda".
+func (be *Backend) Name() string { return "cuda" }
+
+// Precision is "fp32" or "bf16".
+func (be *Backend) Precision() string { return be.precision }
+
+// Device describes the GPU: name, compute capability, multiprocessors and
+// memory.
+func (be *Backend) Device() string { return be.l.deviceName() }
+
+// LibPath is the file the kernel library was loaded from.
+func (be *Backend) LibPath() string { return be.l.path }
+
+// Sync waits until every operation issued so far has finished (for timing).
+func (be *Backend) Sync() { be.l.check("sync", be.l.sync()) }
+
+// buffer is one device allocation; Tensors are views of it and keep it
+// alive. It is freed when no view references it.
+type buffer struct {
+	ptr uintptr
+}
+
+// Tensor is a run of float32 values in device memory: a view of n values
+// at offset off of an allocation.
+type Tensor struct {
+	buf    *buffer
+	off, n int
+}
+
+// Len is the number of values.
+func (t *Tensor) Len() int { return t.n }
+
+// Slice is a view of n values starting at off.
+func (t *Tensor) Slice(off, n int) backend.Tensor {
+	if off < 0 || n < 0 || off+n > t.n {
+		panic(fmt.Sprintf("cuda: Slice(%d, %d) of a tensor of %d values", off, n, t.n))
+	}
+	return &Tensor{buf: t.buf, off: t.off + off, n: n}
+}
+
+// Ptr is the device address of the first value (0 for an empty
+// allocation).
+func (t *Tensor) Ptr() uintptr {
+	if t == nil || t.buf == nil || t.buf.ptr == 0 {
+		return 0
+	}
+	return t.buf.ptr + uintptr(t.off)*4
+}
+
+// ptr returns the device address of a tensor of this backend, 0 for nil.
+func ptr(t backend.Tensor) uintptr {
+	if t == nil {
+		return 0
+	}
+	ct, ok := t.(*Tensor)
+	if !ok {
+		panic(fmt.Sprintf("cuda: a %T is not a CUDA tensor", t))
+	}
+	if ct == nil {
+		return 0
+	}
+	return ct.Ptr()
+}
+
+func length(t backend.Tensor) int {
+	if t == nil {
+		return 0
+	}
+	return t.Len()
+}
+
+// keep holds tensors (and so their allocations) reachable until the
+// operation using them has been issued.
+func keep(ts ...backend.Tensor) { runtime.KeepAlive(ts) }
+
+func i64(x int) int64 { return int64(x) }
+
+func b32(x bool) int32 {
+	if x {
+		return 1
+	}
+	return 0
+}
+
+// Alloc returns a zeroed tensor of n values.
+func (be *Backend) Alloc(n int) backend.Tensor {
+	if n < 0 {
+		panic(fmt.Sprintf("cuda: Alloc(%d)", n))
+	}
+	buf := &buffer{}
+	if n > 0 {
+		p := be.l.malloc(4 * i64(n))
+		if p == 0 {
+			panic(fmt.Sprintf("cuda: alloc %d values: %s", n, be.l.lastError()))
+		}
+		buf.ptr = p
+		be.l.check("alloc", be.l.memset(p, 0, 4*i64(n)))
+		free := be.l.free
+		runtime.AddCleanup(buf, func(p uintptr) { free(p) }, p)
+	}
+	return &Tensor{buf: buf, n: n}
+}
+
+func (be *Backend) Upload(dst backend.Tensor, src []float32) {
+	n := min(dst.Len(), len(src))
+	if n == 0 {
+		return
+	}
+	be.l.check("upload", be.l.memcpyH2D(ptr(dst), src[:n], 4*i64(n)))
+	keep(dst)
+}
+
+func (be *Backend) Download(dst []float32, src backend.Tensor) {
+	n := min(len(dst), src.Len())
+	if n == 0 {
+		return
+	}
+	be.l.check("download", be.l.memcpyD2H(dst[:n], ptr(src), 4*i64(n)))
+	keep(src)
+}
+
+func (be *Backend) Zero(t backend.Tensor) {
+	be.l.check("zero", be.l.memset(ptr(t), 0, 4*i64(t.Len())))
+	keep(t)
+}
+
+func (be *Backend) Copy(dst, src backend.Tensor) {
+	n := min(dst.Len(), src.Len())
+	be.l.check("copy", be.l.memcpyD2D(ptr(dst), ptr(src), 4*i64(n)))
+	keep(dst, src)
+}
+
+func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backend.Tensor, lda int, b backend.Tensor, ldb int, beta float32, c backend.Tensor, ldc int) {
+	be.l.check("gemm", be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, ptr(a), i64(lda), ptr(b), i64(ldb), beta, ptr(c), i64(ldc), be.mode))
+	keep(a, b, c)
+}
+
+func (be *Backend) Embed(out backend.Tensor, ids []int32, w backend.Tensor, n, D int) {
+	if n == 0 {
+		return
+	}
+	be.l.check("embed", be.l.embedFwd(ptr(out), ids[:n], ptr(w), i64(n), i64(D)))
+	keep(out, w)
+}
+
+func (be *Backend) EmbedBackward(dw, dout backend.Tensor, ids []int32, n, D int) {
+	if n == 0 {
+		return
+	}
+	be.l.check("embed backward", be.l.embedBwd(ptr(dw), ptr(dout), ids[:n], i64(n), i64(D)))
+	keep(dw, dout)
+}
+
+func (be *Backend) Norm(out, mean, rstd, x, w, b backend.Tensor, rows, D int, eps float32, rms bool) {
+	be.l.check("norm", be.l.normFwd(ptr(out), ptr(mean), ptr(rstd), ptr(x), ptr(w), ptr(b), i64(rows), i64(D), eps, b32(rms)))
+	keep(out, mean, rstd, x, w, b)
+}
+
+func (be *Backend) NormBackward(dx, dw, db, dout, x, w, mean, rstd backend.Tensor, rows, D int, rms bool) {
+	be.l.check("norm backward", be.l.normBwd(ptr(dx), ptr(dw), ptr(db), ptr(dout), ptr(x), ptr(w), ptr(mean), ptr(rstd), i64(rows), i64(D), b32(rms)))
+	keep(dx, dw, db, dout, x, w, mean, rstd)
+}
+
+func (be *Backend) Conv(u, pre, xi backend.Tensor, ldx int, prev, w, bias backend.Tensor, B, T, E, K int) {
+	be.l.check("conv", be.l.convFwd(ptr(u), ptr(pre), ptr(xi), i64(ldx), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
+	keep(u, pre, xi, prev, w, bias)
+}
+
+func (be *Backend) ConvBackward(dxi backend.Tensor, ldx int, dw, dbias, du, pre, xi, prev, w backend.Tensor, B, T, E, K int) {
+	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), i64(B), i64(T), i64(E), i64(K)))
+	keep(dxi, dw, dbias, du, pre, xi, prev, w)
+}
+
+func (be *Backend) ConvState(next, prev, xi backend.Tensor, ldx, B, T, E, K int) {
+	be.l.check("conv state", be.l.convState(ptr(next), ptr(prev), ptr(xi), i64(ldx), i64(B), i64(T), i64(E), i64(K)))
+	keep(next, prev, xi)
+}
+
+func (be *Backend) Dt(delta, raw, bias backend.Tensor, rows, E int) {
+	be.l.check("dt", be.l.dtFwd(ptr(delta), ptr(raw), ptr(bias), i64(rows), i64(E)))
+	keep(delta, raw, bias)
+}
+
+func (be *Backend) DtBackward(draw, dbias, ddelta, raw backend.Tensor, rows, E int) {
+	be.l.check("dt backward", be.l.dtBwd(ptr(draw), ptr(dbias), ptr(ddelta), ptr(raw), i64(rows), i64(E)))
+	keep(draw, dbias, ddelta, raw)
+}
+
+func (be *Backend) ScanCheckpoints(T int) int { return (T + ScanChunk - 1) / ScanChunk }
+
+func (be *Backend) NegExp(a, alog backend.Tensor) {
+	be.l.check("negexp", be.l.negExp(ptr(a), ptr(alog), i64(length(alog))))
+	keep(a, alog)
+}
+
+func (be *Backend) Scan(y, u, delta, Bt, Ct backend.Tensor, ldbc int, a, dskip, s0, sT, ckpt backend.Tensor, B, T, E, N int) {
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc)}
+	be.l.check("scan", be.l.scanFwd(ptr(y), ptr(u), ptr(delta), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(s0), ptr(sT), ptr(ckpt), dims))
+	keep(y, u, delta, Bt, Ct, a, dskip, s0, sT, ckpt)
+}
+
+func (be *Backend) ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc)}
+	be.l.check("scan backward", be.l.scanBwd(ptr(du), ptr(ddelta), ptr(dBt), ptr(dCt), ptr(dalog), ptr(ddskip), ptr(dy), ptr(u), ptr(delta), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(ckpt), dims))
+	keep(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct, a, dskip, ckpt)
+}
+
+func (be *Backend) Gate(out, y, z backend.Tensor, ldz, rows, E int) {
+	be.l.check("gate", be.l.gateFwd(ptr(out), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E)))
+	keep(out, y, z)
+}
+
+func (be *Backend) GateBackward(dy, dz, dout, y, z backend.Tensor, ldz, rows, E int) {
+	be.l.check("gate backward", be.l.gateBwd(ptr(dy), ptr(dz), ptr(dout), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E)))
+	keep(dy, dz, dout, y, z)
+}
+
+func (be *Backend) Add(dst, src backend.Tensor) {
+	if src.Len() < dst.Len() {
+		panic(fmt.Sprintf("cuda: Add: src has %d values, dst %d", src.Len(), dst.Len()))
+	}
+	be.l.check("add", be.l.add(ptr(dst), ptr(src), i64(dst.Len())))
+	keep(dst, src)
+}
+
+func (be *Backend) CrossEntropy(dlogits, nll, logits backend.Tensor, targets []int32, n, V int, scale float32) float64 {
+	if n == 0 {
+		return 0
+	}
+	var sum float64
+	be.l.check("cross entropy", be.l.crossEntropy(ptr(dlogits), ptr(nll), ptr(logits), targets[:n], i64(n), i64(V), scale, &sum))
+	keep(dlogits, nll, logits)
+	return sum
+}
+
+func (be *Backend) SumSquares(t backend.Tensor) float64 {
+	var s float64
+	be.l.check("sum squares", be.l.sumSquares(ptr(t), i64(t.Len()), &s))
+	keep(t)
+	return s
+}
+
+func (be *Backend) Scale(t backend.Tensor, s float32) {
+	be.l.check("scale", be.l.scale(ptr(t), s, i64(t.Len())))
+	keep(t)
+}
+
+func (be *Backend) AdamW(param, grad, m, v backend.Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32) {
+	be.l.check("adamw", be.l.adamW(ptr(param), ptr(grad), ptr(m), ptr(v), i64(param.Len()), lr, beta1, beta2, eps, wd, bc1, bc2))
+	keep(param, grad, m, v)
+}

@@ -1,0 +1,382 @@
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/mambabyte/mambabyte/internal/backend"
+	"github.com/mambabyte/mambabyte/internal/backend/cpu"
+)
+
+// Every operation against the CPU backend on fresh random inputs, with
+// outputs poisoned by NaN and inputs read through views with row strides.
+
+func TestGemm(t *testing.T) {
+	g32, g16 := gpus(t)
+	for _, mode := range []struct {
+		name string
+		tol  float64
+		e    *env
+	}{{"fp32", tolFP32, newEnv(t, g32, 1)}, {"bf16", tolBF16, newEnv(t, g16, 2)}} {
+		e := mode.e
+		for _, sz := range [][3]int{{1, 1, 1}, {7, 13, 5}, {33, 65, 17}, {128, 96, 200}, {300, 257, 64}, {5, 6, 0}} {
+			m, n, k := sz[0], sz[1], sz[2]
+			for _, ta := range []bool{false, true} {
+				for _, tb := range []bool{false, true} {
+					if k == 0 && (ta || tb) {
+						continue
+					}
+					for _, beta := range []float32{0, 1.3} {
+						ra, ca := m, k
+						if ta {
+							ra, ca = k, m
+						}
+						rb, cb := k, n
+						if tb {
+							rb, cb = n, k
+						}
+						lda, ldb, ldc := ca+3, cb+1, n+2
+						a := e.randn(ra*lda+5, 0, 1).slice(5, ra*lda)
+						b := e.randn(rb*ldb+2, 0, 1).slice(2, rb*ldb)
+						var c *pair
+						if beta == 0 {
+							c = e.nan(m*ldc+1).slice(1, m*ldc)
+						} else {
+							c = e.randn(m*ldc, 0, 1)
+						}
+						e.run(func(be backend.Backend, s side) {
+							be.Gemm(ta, tb, m, n, k, 0.7, a.on(s), lda, b.on(s), ldb, beta, c.on(s), ldc)
+						})
+						e.check(fmt.Sprintf("gemm %s m=%d n=%d k=%d ta=%v tb=%v beta=%g", mode.name, m, n, k, ta, tb, beta), "gemm "+mode.name, c, mode.tol)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestEmbed(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 3)
+	for _, sz := range [][3]int{{37, 19, 11}, {500, 64, 256}, {1, 1, 1}} {
+		n, D, V := sz[0], sz[1], sz[2]
+		id := ids(e.r, n, V)
+		w := e.randn(V*D, 0, 1)
+		out := e.nan(n * D)
+		e.run(func(be backend.Backend, s side) { be.Embed(out.on(s), id, w.on(s), n, D) })
+		e.check(fmt.Sprintf("embed n=%d D=%d", n, D), "embed", out, tolFP32)
+		dw := e.randn(V*D, 0, 1)
+		dout := e.randn(n*D, 0, 1)
+		e.run(func(be backend.Backend, s side) { be.EmbedBackward(dw.on(s), dout.on(s), id, n, D) })
+		e.check(fmt.Sprintf("embed backward n=%d D=%d", n, D), "embed backward", dw, tolFP32)
+	}
+}
+
+func TestNorm(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 4)
+	for _, rows := range []int{1, 5, 37, 300} {
+		for _, D := range []int{7, 32, 130, 1024} {
+			for _, rms := range []bool{false, true} {
+				name := fmt.Sprintf("rows=%d D=%d rms=%v", rows, D, rms)
+				x := e.randn(rows*D, 0.5, 2)
+				w := e.randn(D, 1, 0.5)
+				var b, db *pair
+				if !rms {
+					b = e.randn(D, 0, 1)
+					db = e.randn(D, 0, 1)
+				}
+				out, mean, rstd := e.nan(rows*D), e.nan(rows), e.nan(rows)
+				e.run(func(be backend.Backend, s side) {
+					be.Norm(out.on(s), mean.on(s), rstd.on(s), x.on(s), w.on(s), b.on(s), rows, D, 1e-5, rms)
+				})
+				e.check("norm out "+name, "norm", out, tolFP32)
+				e.check("norm mean "+name, "norm", mean, tolFP32)
+				e.check("norm rstd "+name, "norm", rstd, tolFP32)
+				out2 := e.nan(rows * D)
+				e.run(func(be backend.Backend, s side) {
+					be.Norm(out2.on(s), nil, nil, x.on(s), w.on(s), b.on(s), rows, D, 1e-5, rms)
+				})
+				e.check("norm (no stats) "+name, "norm", out2, tolFP32)
+
+				dx := e.randn(rows*D, 0, 1) // accumulated into
+				dw := e.randn(D, 0, 1)
+				dout := e.randn(rows*D, 0, 1)
+				e.run(func(be backend.Backend, s side) {
+					be.NormBackward(dx.on(s), dw.on(s), db.on(s), dout.on(s), x.on(s), w.on(s), mean.on(s), rstd.on(s), rows, D, rms)
+				})
+				e.check("norm backward dx "+name, "norm backward", dx, tolFP32)
+				e.check("norm backward dw "+name, "norm backward", dw, tolFP32)
+				if db != nil {
+					e.check("norm backward db "+name, "norm backward", db, tolFP32)
+				}
+			}
+		}
+	}
+}
+
+func TestConv(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 5)
+	for _, sz := range [][4]int{{2, 9, 5, 4}, {1, 70, 33, 3}, {3, 130, 16, 4}, {2, 5, 8, 1}, {1, 2, 7, 4}, {2, 300, 64, 4}} {
+		B, T, E, K := sz[0], sz[1], sz[2], sz[3]
+		for _, withPrev := range []bool{false, true} {
+			for _, withBias := range []bool{false, true} {
+				name := fmt.Sprintf("B=%d T=%d E=%d K=%d prev=%v bias=%v", B, T, E, K, withPrev, withBias)
+				ldx := 2*E + 1
+				xi := e.randn(B*T*ldx+3, 0, 1).slice(3, B*T*ldx)
+				w := e.randn(E*K, 0, 0.5)
+				var prev, bias, dbias *pair
+				if withPrev {
+					prev = e.randn(B*(K-1)*E, 0, 1)
+				}
+				if withBias {
+					bias = e.randn(E, 0, 0.5)
+					dbias = e.randn(E, 0, 1)
+				}
+				u, pre := e.nan(B*T*E), e.nan(B*T*E)
+				e.run(func(be backend.Backend, s side) {
+					be.Conv(u.on(s), pre.on(s), xi.on(s), ldx, prev.on(s), w.on(s), bias.on(s), B, T, E, K)
+				})
+				e.check("conv u "+name, "conv", u, tolFP32)
+				e.check("conv pre "+name, "conv", pre, tolFP32)
+				u2 := e.nan(B * T * E)
+				e.run(func(be backend.Backend, s side) {
+					be.Conv(u2.on(s), nil, xi.on(s), ldx, prev.on(s), w.on(s), bias.on(s), B, T, E, K)
+				})
+				e.check("conv (no pre) "+name, "conv", u2, tolFP32)
+
+				dxi := e.nan(B * T * ldx)
+				dw := e.randn(E*K, 0, 1)
+				du := e.randn(B*T*E, 0, 1)
+				e.run(func(be backend.Backend, s side) {
+					be.ConvBackward(dxi.on(s), ldx, dw.on(s), dbias.on(s), du.on(s), pre.on(s), xi.on(s), prev.on(s), w.on(s), B, T, E, K)
+				})
+				e.check("conv backward dxi "+name, "conv backward", dxi, tolFP32)
+				e.check("conv backward dw "+name, "conv backward", dw, tolFP32)
+				if dbias != nil {
+					e.check("conv backward dbias "+name, "conv backward", dbias, tolFP32)
+				}
+
+				// The state after xi: into a separate buffer, and in place.
+				next := e.nan(B * (K - 1) * E)
+				e.run(func(be backend.Backend, s side) {
+					be.ConvState(next.on(s), prev.on(s), xi.on(s), ldx, B, T, E, K)
+				})
+				e.check("conv state "+name, "conv state", next, tolFP32)
+				if prev != nil {
+					st := e.clone(prev)
+					e.run(func(be backend.Backend, s side) {
+						be.ConvState(st.on(s), st.on(s), xi.on(s), ldx, B, T, E, K)
+					})
+					e.check("conv state in place "+name, "conv state", st, tolFP32)
+				}
+			}
+		}
+	}
+}
+
+func TestDt(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 6)
+	for _, sz := range [][2]int{{37, 24}, {1, 1}, {513, 96}} {
+		rows, E := sz[0], sz[1]
+		name := fmt.Sprintf("rows=%d E=%d", rows, E)
+		raw := e.randn(rows*E, 0, 12) // reaches past softplus's threshold of 20
+		bias := e.randn(E, 0, 2)
+		delta := e.nan(rows * E)
+		e.run(func(be backend.Backend, s side) { be.Dt(delta.on(s), raw.on(s), bias.on(s), rows, E) })
+		e.check("dt raw "+name, "dt", raw, tolFP32)
+		e.check("dt delta "+name, "dt", delta, tolFP32)
+
+		dbias := e.randn(E, 0, 1)
+		ddelta := e.randn(rows*E, 0, 1)
+		draw := e.nan(rows * E)
+		e.run(func(be backend.Backend, s side) {
+			be.DtBackward(draw.on(s), dbias.on(s), ddelta.on(s), raw.on(s), rows, E)
+		})
+		e.check("dt backward draw "+name, "dt backward", draw, tolFP32)
+		e.check("dt backward dbias "+name, "dt backward", dbias, tolFP32)
+		// In place, as the model calls it.
+		e.run(func(be backend.Backend, s side) {
+			be.DtBackward(ddelta.on(s), dbias.on(s), ddelta.on(s), raw.on(s), rows, E)
+		})
+		e.check("dt backward in place draw "+name, "dt backward", ddelta, tolFP32)
+		e.check("dt backward in place dbias "+name, "dt backward", dbias, tolFP32)
+	}
+}
+
+func TestGateAddScaleNegExp(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 7)
+	for _, sz := range [][2]int{{37, 24}, {1, 3}, {700, 130}} {
+		rows, E := sz[0], sz[1]
+		name := fmt.Sprintf("rows=%d E=%d", rows, E)
+		ldz := 2 * E
+		xz := e.randn(rows*ldz, 0, 3)
+		z := xz.slice(E, rows*ldz-E)
+		y := e.randn(rows*E, 0, 1)
+		out := e.nan(rows * E)
+		e.run(func(be backend.Backend, s side) { be.Gate(out.on(s), y.on(s), z.on(s), ldz, rows, E) })
+		e.check("gate "+name, "gate", out, tolFP32)
+		dy := e.nan(rows * E)
+		dxz := e.nan(rows * ldz)
+		dz := dxz.slice(E, rows*ldz-E)
+		dout := e.randn(rows*E, 0, 1)
+		e.run(func(be backend.Backend, s side) {
+			be.GateBackward(dy.on(s), dz.on(s), dout.on(s), y.on(s), z.on(s), ldz, rows, E)
+		})
+		e.check("gate backward dy "+name, "gate backward", dy, tolFP32)
+		e.check("gate backward dz "+name, "gate backward", dxz, tolFP32)
+	}
+	for _, n := range []int{1, 1000, 100003} {
+		dst, src := e.randn(n, 0, 1), e.randn(n+5, 0, 1)
+		e.run(func(be backend.Backend, s side) { be.Add(dst.on(s), src.on(s)) })
+		e.check(fmt.Sprintf("add n=%d", n), "add", dst, tolFP32)
+		e.run(func(be backend.Backend, s side) { be.Scale(dst.on(s), -0.37) })
+		e.check(fmt.Sprintf("scale n=%d", n), "scale", dst, tolFP32)
+		alog := e.randn(n, 0.5, 1)
+		a := e.nan(n)
+		e.run(func(be backend.Backend, s side) { be.NegExp(a.on(s), alog.on(s)) })
+		e.check(fmt.Sprintf("negexp n=%d", n), "negexp", a, tolFP32)
+		want := cpu.New().SumSquares(src.c)
+		got := g.SumSquares(src.g)
+		d := math.Abs(got-want) / want
+		record("sum squares", d)
+		if d > 1e-9 {
+			t.Errorf("sum squares n=%d: %g, want %g", n, got, want)
+		}
+	}
+}
+
+func TestAdamW(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 8)
+	for _, n := range []int{1, 999, 65537} {
+		param, grad, m := e.randn(n, 0, 1), e.randn(n, 0, 0.1), e.randn(n, 0, 0.01)
+		vv := make([]float32, n)
+		for i := range vv {
+			vv[i] = float32(e.r.Float64() * 1e-3)
+		}
+		v := e.from(vv)
+		for step := 1; step <= 3; step++ {
+			bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.95, float64(step))
+			e.run(func(be backend.Backend, s side) {
+				be.AdamW(param.on(s), grad.on(s), m.on(s), v.on(s), 1e-3, 0.9, 0.95, 1e-8, 0.1, float32(bc1), float32(bc2))
+			})
+		}
+		e.check(fmt.Sprintf("adamw param n=%d", n), "adamw", param, 1e-6)
+		e.check(fmt.Sprintf("adamw m n=%d", n), "adamw", m, 1e-6)
+		e.check(fmt.Sprintf("adamw v n=%d", n), "adamw", v, 1e-6)
+	}
+}
+
+func TestCrossEntropy(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 9)
+	for _, sz := range [][2]int{{37, 256}, {5, 40}, {300, 1000}, {1, 1}} {
+		n, V := sz[0], sz[1]
+		tg := ids(e.r, n, V)
+		for i := range tg {
+			if e.r.IntN(5) == 0 {
+				tg[i] = -1
+			}
+		}
+		for _, variant := range []string{"sum only", "separate", "in place"} {
+			name := fmt.Sprintf("n=%d V=%d %s", n, V, variant)
+			logits := e.randn(n*V, 0, 3)
+			var dl, nll *pair
+			switch variant {
+			case "separate":
+				dl, nll = e.nan(n*V), e.nan(n)
+			case "in place":
+				dl, nll = logits, e.nan(n)
+			}
+			var sums [2]float64
+			e.run(func(be backend.Backend, s side) {
+				sums[s] = be.CrossEntropy(dl.on(s), nll.on(s), logits.on(s), tg, n, V, 0.25)
+			})
+			d := math.Abs(sums[1]-sums[0]) / math.Max(math.Abs(sums[0]), 1e-30)
+			record("cross entropy sum", d)
+			if d > 1e-5 || math.IsNaN(sums[1]) {
+				t.Errorf("cross entropy %s: sum %g, want %g", name, sums[1], sums[0])
+			}
+			if dl != nil {
+				e.check("cross entropy dlogits "+name, "cross entropy", dl, tolFP32)
+				e.check("cross entropy nll "+name, "cross entropy", nll, tolFP32)
+			}
+		}
+	}
+}
+
+func TestScanCheckpoints(t *testing.T) {
+	g, _ := gpus(t)
+	for T := 1; T <= 300; T++ {
+		if got, want := g.ScanCheckpoints(T), (cpu.Backend{}).ScanCheckpoints(T); got != want {
+			t.Fatalf("ScanCheckpoints(%d) = %d, want %d", T, got, want)
+		}
+	}
+}
+
+func TestScan(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 10)
+	cb := cpu.New()
+	for _, sz := range [][4]int{
+		{2, 150, 24, 5}, {1, 64, 16, 16}, {3, 130, 40, 16}, {2, 1, 8, 16},
+		{1, 70, 9, 40}, {2, 65, 12, 80}, {1, 100, 5, 128}, {2, 257, 64, 16}, {2, 300, 512, 16},
+	} {
+		B, T, E, N := sz[0], sz[1], sz[2], sz[3]
+		const R = 3
+		ldbc := R + 2*N
+		nc := cb.ScanCheckpoints(T)
+		for _, withS0 := range []bool{false, true} {
+			name := fmt.Sprintf("B=%d T=%d E=%d N=%d s0=%v", B, T, E, N, withS0)
+			xdbl := e.randn(B*T*ldbc, 0, 1)
+			bt := xdbl.slice(R, xdbl.c.Len()-R)
+			ct := xdbl.slice(R+N, xdbl.c.Len()-R-N)
+			u := e.randn(B*T*E, 0, 1)
+			dv := make([]float32, B*T*E)
+			for i := range dv {
+				dv[i] = float32(math.Log1p(math.Exp(e.r.NormFloat64()*1.5 - 2))) // softplus outputs
+			}
+			delta := e.from(dv)
+			av := make([]float32, E*N)
+			for i := range av {
+				av[i] = -float32(math.Exp(math.Log(float64(i%N+1)) + 0.3*e.r.NormFloat64()))
+			}
+			a := e.from(av)
+			dskip := e.randn(E, 1, 0.5)
+			y, ckpt := e.nan(B*T*E), e.nan(B*nc*E*N)
+			var s0, sT *pair
+			if withS0 {
+				s0 = e.randn(B*E*N, 0, 1)
+				sT = s0 // in place, as a recurrent step runs it
+			} else {
+				sT = e.nan(B * E * N)
+			}
+			e.run(func(be backend.Backend, s side) {
+				be.Scan(y.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), s0.on(s), sT.on(s), ckpt.on(s), B, T, E, N)
+			})
+			e.check("scan y "+name, "scan", y, tolFP32)
+			e.check("scan sT "+name, "scan", sT, tolFP32)
+			e.check("scan ckpt "+name, "scan", ckpt, tolFP32)
+
+			du, ddelta := e.nan(B*T*E), e.nan(B*T*E)
+			dxdbl := e.nan(B * T * ldbc)
+			dbt := dxdbl.slice(R, dxdbl.c.Len()-R)
+			dct := dxdbl.slice(R+N, dxdbl.c.Len()-R-N)
+			dalog, ddskip := e.randn(E*N, 0, 1), e.randn(E, 0, 1)
+			dy := e.randn(B*T*E, 0, 1)
+			e.run(func(be backend.Backend, s side) {
+				be.ScanBackward(du.on(s), ddelta.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dy.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), B, T, E, N)
+			})
+			e.check("scan backward du "+name, "scan backward", du, tolFP32)
+			e.check("scan backward ddelta "+name, "scan backward", ddelta, tolFP32)
+			e.check("scan backward dBt,dCt "+name, "scan backward", dxdbl, tolFP32)
+			e.check("scan backward dalog "+name, "scan backward", dalog, tolFP32)
+			e.check("scan backward ddskip "+name, "scan backward", ddskip, tolFP32)
+		}
+	}
+}

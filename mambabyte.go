@@ -17,8 +17,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/mambabyte/mambabyte/internal/backend/cpu"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
+	"github.com/mambabyte/mambabyte/internal/defaultmodel"
 	"github.com/mambabyte/mambabyte/internal/model"
 	"github.com/mambabyte/mambabyte/internal/sample"
 	"github.com/mambabyte/mambabyte/internal/train"
@@ -35,8 +35,11 @@ type Model struct {
 }
 
 // Load reads a checkpoint directory, or the latest checkpoint of a
-// training run directory (one with a "latest" file).
-func Load(dir string) (*Model, error) {
+// training run directory (one with a "latest" file), onto the CPU.
+func Load(dir string) (*Model, error) { return LoadWith(dir, Options{}) }
+
+// LoadWith is Load onto the device opts name.
+func LoadWith(dir string, opts Options) (*Model, error) {
 	if _, err := os.Stat(filepath.Join(dir, "config.json")); os.IsNotExist(err) {
 		if latest, lerr := train.LatestCheckpoint(dir); lerr == nil && latest != "" {
 			dir = latest
@@ -46,15 +49,46 @@ func Load(dir string) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := model.New(cfg, cpu.New())
+	m, err := build(cfg, tensors, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", dir, err)
 	}
-	if err := m.SetParams(tensors); err != nil {
-		return nil, fmt.Errorf("load %s: %w", dir, err)
-	}
-	return &Model{m: m, format: string(format)}, nil
+	m.format = string(format)
+	return m, nil
 }
+
+func build(cfg model.Config, tensors map[string][]float32, opts Options) (*Model, error) {
+	be, err := NewBackend(opts)
+	if err != nil {
+		return nil, err
+	}
+	m, err := model.New(cfg, be)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.SetParams(tensors); err != nil {
+		return nil, err
+	}
+	return &Model{m: m, format: "native"}, nil
+}
+
+// LoadDefault returns the small model built into the binary (a byte
+// model of English dictionary text; see README.md), on the device opts
+// name.
+func LoadDefault(opts Options) (*Model, error) {
+	cfg, tensors, err := defaultmodel.Load()
+	if err != nil {
+		return nil, err
+	}
+	m, err := build(cfg, tensors, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", defaultmodel.Name, err)
+	}
+	return m, nil
+}
+
+// Device describes where the model runs.
+func (m *Model) Device() string { return DescribeBackend(m.m.BE) }
 
 // Config returns the model's configuration.
 func (m *Model) Config() Config { return m.m.Cfg }

@@ -122,6 +122,7 @@ func cmdEval(args []string) error {
 	context := fs.Int("context", 0, "give each prediction at most this many `bytes` of history (length extrapolation studies)")
 	noise := fs.String("noise", "", "corrupt the text first: drop:P, repeat:P, antspeak, uppercase:P, randomcase:P or swap:P")
 	noiseSeed := fs.Uint64("noise-seed", 1, "seed of the corruption")
+	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -156,7 +157,7 @@ func cmdEval(args []string) error {
 	if nz != nil {
 		r = nz.Reader(r, *noiseSeed)
 	}
-	m, err := loadModel(*dir)
+	m, err := loadModel(*dir, dev.options())
 	if err != nil {
 		return err
 	}
@@ -213,6 +214,7 @@ func cmdGenerate(args []string) error {
 	seed := fs.Uint64("seed", 0, "sampling seed (same seed, same output)")
 	var stops stringList
 	fs.Var(&stops, "stop", "stop when this `text` is produced; it is not printed (repeatable)")
+	dev := deviceFlags(fs)
 	words, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -255,7 +257,7 @@ func cmdGenerate(args []string) error {
 	if !(*temp > 0) {
 		return fmt.Errorf("--temperature must be positive, got %g", *temp)
 	}
-	m, err := loadModel(*dir)
+	m, err := loadModel(*dir, dev.options())
 	if err != nil {
 		return err
 	}
@@ -283,10 +285,31 @@ func cmdGenerate(args []string) error {
 	return nil
 }
 
-// loadModel loads dir, or the embedded default model when dir is empty.
-func loadModel(dir string) (*mambabyte.Model, error) {
+// loadModel loads dir, or the built-in model when dir is empty.
+func loadModel(dir string, opts mambabyte.Options) (*mambabyte.Model, error) {
+	var m *mambabyte.Model
+	var err error
 	if dir == "" {
-		return nil, fmt.Errorf("--model is required")
+		m, err = mambabyte.LoadDefault(opts)
+	} else {
+		m, err = mambabyte.LoadWith(dir, opts)
 	}
-	return mambabyte.Load(dir)
+	if err == nil && opts.Device != "" && opts.Device != mambabyte.DeviceCPU {
+		fmt.Fprintf(os.Stderr, "device: %s\n", m.Device())
+	}
+	return m, err
+}
+
+// devFlags are the --device and --precision flags.
+type devFlags struct{ device, precision *string }
+
+func deviceFlags(fs *flag.FlagSet) devFlags {
+	return devFlags{
+		device:    fs.String("device", "cpu", "where to compute: cpu, cuda (needs `make -C cuda`) or auto"),
+		precision: fs.String("precision", "bf16", "GPU matrix products: bf16 (tensor cores, fp32 accumulation) or fp32"),
+	}
+}
+
+func (d devFlags) options() mambabyte.Options {
+	return mambabyte.Options{Device: *d.device, Precision: *d.precision}
 }

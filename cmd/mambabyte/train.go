@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mambabyte/mambabyte/internal/backend/cpu"
+	"github.com/mambabyte/mambabyte"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
 	"github.com/mambabyte/mambabyte/internal/data"
 	"github.com/mambabyte/mambabyte/internal/model"
@@ -89,6 +89,7 @@ func cmdTrain(args []string) error {
 	logEvery := fs.Int("log-every", d.LogEvery, "steps between metrics lines")
 	ckptEvery := fs.Int("ckpt-every", d.CkptEvery, "steps between checkpoints")
 	keep := fs.Int("keep", d.Keep, "checkpoints kept (0: all)")
+	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -208,7 +209,10 @@ func cmdTrain(args []string) error {
 		return err
 	}
 
-	be := cpu.New()
+	be, err := mambabyte.NewBackend(dev.options())
+	if err != nil {
+		return err
+	}
 	var tr *train.Trainer
 	if *resume {
 		tr, err = train.Resume(opt, be, src, *out)
@@ -225,6 +229,7 @@ func cmdTrain(args []string) error {
 	defer metrics.Close()
 
 	cfg = opt.Model
+	fmt.Fprintf(os.Stderr, "device: %s\n", mambabyte.DescribeBackend(be))
 	fmt.Fprintf(os.Stderr, "model: D %d, L %d, N %d, K %d, E %d, R %d, %s, %s head: %.2fM parameters\n",
 		cfg.DModel, cfg.NLayer, cfg.DState, cfg.DConv, cfg.DInner(), cfg.Rank(), cfg.Norm, map[bool]string{true: "tied", false: "separate"}[cfg.TieEmbeddings], float64(cfg.NumParams())/1e6)
 	fmt.Fprintf(os.Stderr, "data: %d files, %s (train %s, validation %s; %d validation windows of %d bytes)\n",

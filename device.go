@@ -3,6 +3,7 @@ package mambabyte
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
 	"github.com/mambabyte/mambabyte/internal/backend/cpu"
@@ -37,7 +38,9 @@ func NewBackend(opts Options) (backend.Backend, error) {
 		if prec == "" {
 			prec = "bf16"
 		}
-		b, err := cuda.New(cuda.Options{Precision: prec})
+		// MAMBABYTE_CUDA_SYNC=1 waits after every kernel, so that a failure
+		// is reported by the operation that caused it (slow; for debugging).
+		b, err := cuda.New(cuda.Options{Precision: prec, Sync: os.Getenv("MAMBABYTE_CUDA_SYNC") != ""})
 		if err == nil {
 			return b, nil
 		}

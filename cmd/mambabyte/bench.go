@@ -7,9 +7,12 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/mambabyte/mambabyte/internal/backend/cpu"
+	"github.com/mambabyte/mambabyte"
+	"github.com/mambabyte/mambabyte/internal/backend"
 	"github.com/mambabyte/mambabyte/internal/blas"
 	"github.com/mambabyte/mambabyte/internal/model"
 	"github.com/mambabyte/mambabyte/internal/parallel"
@@ -24,63 +27,101 @@ type benchResult struct {
 }
 
 func cmdBench(args []string) error {
-	fs := newFlags("bench", "[--only NAME] [--json]")
+	fs := newFlags("bench", "[--only NAME] [--device cpu|cuda] [--preset NAME] [--json]")
 	only := fs.String("only", "", "run one group: bandwidth, gemm, decode, train")
 	asJSON := fs.Bool("json", false, "print the results as a JSON array")
 	reps := fs.Int("reps", 7, "repetitions per figure (the median is reported)")
+	presetName := fs.String("preset", "", "model for decode and train (default: D 768 L 24 for decode, D 512 L 6 for train)")
+	streams := fs.String("streams", "1", "decode batch sizes, comma-separated")
+	batch := fs.Int("batch", 4, "train: windows per step")
+	seqLen := fs.Int("seq-len", 1024, "train: bytes per window")
+	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *reps < 1 {
-		return fmt.Errorf("--reps must be at least 1")
+	if *reps < 1 || *batch < 1 || *seqLen < 1 {
+		return fmt.Errorf("--reps, --batch and --seq-len must be at least 1")
 	}
-	fmt.Fprintf(os.Stderr, "bench: %s, %d threads, GEMM kernels %q, GOOS/GOARCH %s/%s\n",
-		runtime.Version(), parallel.Workers(), blas.Implementation(), runtime.GOOS, runtime.GOARCH)
+	var streamList []int
+	for _, f := range strings.Split(*streams, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("--streams: %q is not a positive number", f)
+		}
+		streamList = append(streamList, n)
+	}
+	decodeCfg, trainCfg := model.DefaultConfig(), model.DefaultConfig()
+	decodeCfg.DModel, decodeCfg.NLayer = 768, 24
+	trainCfg.DModel, trainCfg.NLayer = 512, 6
+	if *presetName != "" {
+		p, ok := presets[*presetName]
+		if !ok {
+			return fmt.Errorf("unknown preset %q; choose one of %s", *presetName, presetNames())
+		}
+		decodeCfg.DModel, decodeCfg.NLayer = p.dModel, p.nLayer
+		trainCfg = decodeCfg
+	}
+	be, err := mambabyte.NewBackend(dev.options())
+	if err != nil {
+		return err
+	}
+	gpu := be.Name() != "cpu"
+	fmt.Fprintf(os.Stderr, "bench: %s, %s, %d CPU threads, CPU GEMM kernels %q\n",
+		runtime.Version(), mambabyte.DescribeBackend(be), parallel.Workers(), blas.Implementation())
 	var results []benchResult
 	add := func(r benchResult) {
 		results = append(results, r)
 		if !*asJSON {
-			fmt.Printf("%-44s %12.2f %-10s %s\n", r.Name, r.Value, r.Unit, r.Note)
+			fmt.Printf("%-48s %12.2f %-10s %s\n", r.Name, r.Value, r.Unit, r.Note)
 		}
 	}
 	want := func(g string) bool { return *only == "" || *only == g }
 	var bw float64
-	if want("bandwidth") || want("decode") {
+	if !gpu && (want("bandwidth") || want("decode")) {
 		bw = benchBandwidth(*reps)
 		add(benchResult{"memory read bandwidth (1 GiB, all threads)", bw / 1e9, "GB/s", ""})
 	}
-	if want("gemm") {
+	if !gpu && want("gemm") {
 		for _, s := range [][3]int{{1024, 1024, 1024}, {8192, 1024, 256}, {8192, 256, 512}} {
 			g := benchGemm(s[0], s[1], s[2], *reps)
 			add(benchResult{fmt.Sprintf("gemm %dx%dx%d (x·Wᵀ)", s[0], s[1], s[2]), g / 1e9, "GFLOP/s", ""})
 		}
 	}
 	if want("decode") {
-		cfg := model.DefaultConfig()
-		cfg.DModel, cfg.NLayer = 768, 24
-		secs, err := benchDecode(cfg, 1, *reps)
-		if err != nil {
-			return err
+		for _, n := range streamList {
+			secs, err := benchDecode(be, decodeCfg, n, *reps)
+			if err != nil {
+				return err
+			}
+			wbytes := 4 * float64(decodeCfg.NumParams())
+			name := fmt.Sprintf("decode, %d stream(s), D %d L %d (%.0fM)", n, decodeCfg.DModel, decodeCfg.NLayer, float64(decodeCfg.NumParams())/1e6)
+			note := fmt.Sprintf("%.2f ms per step; fp32 weights %.0f MB read at %.1f GB/s", secs*1e3, wbytes/1e6, wbytes/secs/1e9)
+			if bw > 0 {
+				note += fmt.Sprintf(" = %.0f%% of measured bandwidth", 100*wbytes/secs/bw)
+			}
+			add(benchResult{name, float64(n) / secs, "bytes/s", note})
 		}
-		wbytes := 4 * float64(cfg.NumParams())
-		frac := wbytes / secs / bw
-		add(benchResult{"decode step, batch 1, D 768 L 24 (fp32)", secs * 1e3, "ms/byte",
-			fmt.Sprintf("%.0f bytes/s; weights %.0f MB read at %.1f GB/s = %.0f%% of bandwidth", 1/secs, wbytes/1e6, wbytes/secs/1e9, 100*frac)})
-		add(benchResult{"decode: share of memory bandwidth", 100 * frac, "%", ""})
 	}
 	if want("train") {
-		cfg := model.DefaultConfig()
-		cfg.DModel, cfg.NLayer = 512, 6
-		bps, err := benchTrain(cfg, 4, 1024, max(1, *reps/2))
+		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2))
 		if err != nil {
 			return err
 		}
-		add(benchResult{"train step D 512 L 6 (10M), B 4, T 1024", bps, "bytes/s", "forward + backward + AdamW"})
+		flops := 6 * float64(trainCfg.NumParams()) * float64(*batch**seqLen)
+		add(benchResult{fmt.Sprintf("train step, D %d L %d (%.0fM), B %d, T %d", trainCfg.DModel, trainCfg.NLayer, float64(trainCfg.NumParams())/1e6, *batch, *seqLen),
+			float64(*batch**seqLen) / secs, "bytes/s", fmt.Sprintf("forward + backward; %.0f ms; %.1f TFLOP/s by 6·params·bytes", secs*1e3, flops/secs/1e12)})
 	}
 	if *asJSON {
 		return json.NewEncoder(os.Stdout).Encode(results)
 	}
 	return nil
+}
+
+// syncBackend waits for queued device work, where the backend queues any.
+func syncBackend(be backend.Backend) {
+	if s, ok := be.(interface{ Sync() }); ok {
+		s.Sync()
+	}
 }
 
 func median(xs []float64) float64 {
@@ -135,8 +176,8 @@ func benchGemm(m, n, k, reps int) float64 {
 }
 
 // benchDecode returns the median seconds per recurrent step.
-func benchDecode(cfg model.Config, streams, reps int) (float64, error) {
-	m, err := model.New(cfg, cpu.New())
+func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float64, error) {
+	m, err := model.New(cfg, be)
 	if err != nil {
 		return 0, err
 	}
@@ -152,6 +193,7 @@ func benchDecode(cfg model.Config, streams, reps int) (float64, error) {
 	var times []float64
 	for r := 0; r < reps; r++ {
 		const steps = 8
+		syncBackend(be)
 		start := time.Now()
 		for i := 0; i < steps; i++ {
 			ids[0] = int32(i)
@@ -159,14 +201,16 @@ func benchDecode(cfg model.Config, streams, reps int) (float64, error) {
 				return 0, err
 			}
 		}
+		syncBackend(be)
 		times = append(times, time.Since(start).Seconds()/steps)
 	}
 	return median(times), nil
 }
 
-// benchTrain returns the median bytes/s of full training steps.
-func benchTrain(cfg model.Config, B, T, reps int) (float64, error) {
-	m, err := model.New(cfg, cpu.New())
+// benchTrain returns the median seconds of a full training step
+// (forward and backward).
+func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int) (float64, error) {
+	m, err := model.New(cfg, be)
 	if err != nil {
 		return 0, err
 	}
@@ -182,6 +226,7 @@ func benchTrain(cfg model.Config, B, T, reps int) (float64, error) {
 	}
 	var times []float64
 	for i := 0; i < reps+1; i++ {
+		syncBackend(be)
 		start := time.Now()
 		m.ZeroGrads()
 		if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(B*T)); err != nil {
@@ -190,9 +235,10 @@ func benchTrain(cfg model.Config, B, T, reps int) (float64, error) {
 		if err := pass.Backward(); err != nil {
 			return 0, err
 		}
+		syncBackend(be)
 		if i > 0 {
 			times = append(times, time.Since(start).Seconds())
 		}
 	}
-	return float64(B*T) / median(times), nil
+	return median(times), nil
 }

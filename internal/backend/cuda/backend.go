@@ -29,6 +29,7 @@ package cuda
 import (
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
 )
@@ -53,6 +54,31 @@ type Backend struct {
 	l         *lib
 	mode      int32 // GEMM mode: 0 fp32, 1 bf16
 	precision string
+
+	// Device buffers that Go no longer references. Cleanups run on a
+	// goroutine of their own, and the library takes one caller at a time,
+	// so they only queue the pointer here; Alloc and Sync free the queue
+	// from the caller's goroutine.
+	mu      sync.Mutex
+	garbage []uintptr
+}
+
+// queueFree records a device buffer to free at the next Alloc or Sync.
+func (be *Backend) queueFree(p uintptr) {
+	be.mu.Lock()
+	be.garbage = append(be.garbage, p)
+	be.mu.Unlock()
+}
+
+// collect frees the queued buffers.
+func (be *Backend) collect() {
+	be.mu.Lock()
+	g := be.garbage
+	be.garbage = nil
+	be.mu.Unlock()
+	for _, p := range g {
+		be.l.check("free", be.l.free(p))
+	}
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -94,7 +120,10 @@ func (be *Backend) Device() string { return be.l.deviceName() }
 func (be *Backend) LibPath() string { return be.l.path }
 
 // Sync waits until every operation issued so far has finished (for timing).
-func (be *Backend) Sync() { be.l.check("sync", be.l.sync()) }
+func (be *Backend) Sync() {
+	be.l.check("sync", be.l.sync())
+	be.collect()
+}
 
 // buffer is one device allocation; Tensors are views of it and keep it
 // alive. It is freed when no view references it.
@@ -169,6 +198,7 @@ func (be *Backend) Alloc(n int) backend.Tensor {
 	if n < 0 {
 		panic(fmt.Sprintf("cuda: Alloc(%d)", n))
 	}
+	be.collect()
 	buf := &buffer{}
 	if n > 0 {
 		p := be.l.malloc(4 * i64(n))
@@ -177,8 +207,7 @@ func (be *Backend) Alloc(n int) backend.Tensor {
 		}
 		buf.ptr = p
 		be.l.check("alloc", be.l.memset(p, 0, 4*i64(n)))
-		free := be.l.free
-		runtime.AddCleanup(buf, func(p uintptr) { free(p) }, p)
+		runtime.AddCleanup(buf, be.queueFree, p)
 	}
 	return &Tensor{buf: buf, n: n}
 }

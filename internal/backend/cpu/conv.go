@@ -40,6 +40,33 @@ func convInput(xi []float32, ldx int, prev []float32, b, T, E, K, tau, elo, ehi 
 // prev is nil. w is (E,K); bias (E) may be nil. pre and u are (B,T,E);
 // pre may be nil when no backward follows.
 func ConvForward(u, pre, xi []float32, ldx int, prev, w, bias []float32, B, T, E, K int) {
+	if B*T <= 4 {
+		// A few rows (a decode step): one channel at a time, no transpose.
+		for b := 0; b < B; b++ {
+			for t := 0; t < T; t++ {
+				row := (b*T + t) * E
+				for e := 0; e < E; e++ {
+					var acc float32
+					if bias != nil {
+						acc = bias[e]
+					}
+					for k := 0; k < K; k++ {
+						if tau := t - K + 1 + k; tau >= 0 {
+							acc += w[e*K+k] * xi[(b*T+tau)*ldx+e]
+						} else if prev != nil {
+							acc += w[e*K+k] * prev[(b*(K-1)+K-1+tau)*E+e]
+						}
+					}
+					if pre != nil {
+						pre[row+e] = acc
+					}
+					u[row+e] = acc
+				}
+				siluRows(u[row:row+E], u[row:row+E])
+			}
+		}
+		return
+	}
 	wt := transposeKE(w, E, K)
 	parallel.For(E, channelGrain, func(elo, ehi int) {
 		n := ehi - elo

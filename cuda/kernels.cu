@@ -4,7 +4,8 @@
 // the comments here say how the work is split across threads.
 //
 // Glossary: B batch, T time, D d_model, E d_inner, N d_state, K d_conv,
-// V vocab. Everything runs on the legacy default stream, in call order.
+// V vocab. Everything runs on one stream of the library's own, g_stream, in
+// call order; CUDA graphs capture it (mb_graph_begin).
 //
 // Reductions of parameter gradients over rows (norm weights and biases, conv
 // weights and bias, dt bias, Dskip, A_log) are deterministic: partial sums
@@ -30,6 +31,17 @@ static int g_ready = 0;
 static int g_device = 0;
 static int g_sync = 0;
 static cublasHandle_t g_blas = nullptr;
+// g_stream carries all work (kernels, cuBLAS, copies, memsets). It is a
+// created stream because the legacy default stream cannot be captured.
+static cudaStream_t g_stream = nullptr;
+// g_capturing is set between mb_graph_begin and mb_graph_end: work is
+// recorded, not run, so nothing may wait for the stream or reallocate
+// memory that recorded work refers to.
+static int g_capturing = 0;
+// cuBLAS workspace, set explicitly so cuBLAS never allocates while a graph
+// is being captured (32 MiB, NVIDIA's recommendation for Hopper).
+static const size_t kBlasWorkspace = 32u << 20;
+static void *g_blas_ws = nullptr;
 
 static void set_err(const char *fmt, ...) {
     va_list ap;
@@ -58,12 +70,29 @@ static void set_err(const char *fmt, ...) {
         }                                                                              \
     } while (0)
 
+// In sync mode, wait for the stream so a kernel's errors are reported by the
+// operation that launched it (not while capturing: nothing runs then).
+#define SYNC_DEBUG()                                                                   \
+    do {                                                                               \
+        if (g_sync && !g_capturing) CK(cudaStreamSynchronize(g_stream));               \
+    } while (0)
+
 // After a kernel launch: report launch errors, and in sync mode the errors of
 // the kernel itself.
 #define LAUNCHED()                                                                     \
     do {                                                                               \
         CK(cudaGetLastError());                                                        \
-        if (g_sync) CK(cudaDeviceSynchronize());                                       \
+        SYNC_DEBUG();                                                                  \
+    } while (0)
+
+// NOT_CAPTURING fails an operation that cannot be recorded in a graph (it
+// returns a value to the host or uploads from host memory).
+#define NOT_CAPTURING()                                                                \
+    do {                                                                               \
+        if (g_capturing) {                                                             \
+            set_err("%s: cannot run while a graph is being captured", __func__);      \
+            return 1;                                                                  \
+        }                                                                              \
     } while (0)
 
 #define ENTER()                                                                        \
@@ -75,18 +104,27 @@ static void set_err(const char *fmt, ...) {
     } while (0)
 
 // Growable device scratch: one general workspace, two int32 upload buffers
-// (ids, targets) and a double result slot.
+// (ids, targets) and a double result slot. g_staged holds ids uploaded by
+// mb_stage_ids for graphs; it is allocated once (kStagedIDs values) so its
+// address stays what captured kernels recorded.
 static void *g_ws = nullptr;
 static size_t g_ws_bytes = 0;
 static int32_t *g_i32[2] = {nullptr, nullptr};
 static size_t g_i32_n[2] = {0, 0};
 static double *g_result = nullptr;
+static const int64_t kStagedIDs = 1 << 20;
+static int32_t *g_staged = nullptr;
 
 // workspace makes *p point at a device workspace of at least bytes. Work
-// launched earlier may still use the old one, so growing waits for it.
+// launched earlier may still use the old one, so growing waits for it; a
+// graph being captured may already refer to it, so it cannot grow then.
 static int workspace(size_t bytes, void **p) {
     if (bytes > g_ws_bytes) {
-        CK(cudaDeviceSynchronize());
+        if (g_capturing) {
+            set_err("workspace: cannot grow to %zu bytes while a graph is being captured", bytes);
+            return 1;
+        }
+        CK(cudaStreamSynchronize(g_stream));
         if (g_ws) CK(cudaFree(g_ws));
         g_ws = nullptr;
         g_ws_bytes = 0;
@@ -100,8 +138,9 @@ static int workspace(size_t bytes, void **p) {
 
 // upload_i32 copies n int32 values from the host into upload buffer slot.
 static int upload_i32(int slot, const int32_t *host, int64_t n, int32_t **out) {
+    NOT_CAPTURING();
     if ((size_t)n > g_i32_n[slot]) {
-        CK(cudaDeviceSynchronize());
+        CK(cudaStreamSynchronize(g_stream));
         if (g_i32[slot]) CK(cudaFree(g_i32[slot]));
         g_i32[slot] = nullptr;
         g_i32_n[slot] = 0;
@@ -109,9 +148,11 @@ static int upload_i32(int slot, const int32_t *host, int64_t n, int32_t **out) {
         CK(cudaMalloc(&g_i32[slot], want * sizeof(int32_t)));
         g_i32_n[slot] = want;
     }
-    // Pageable host memory: the copy is ordered after earlier work on the
-    // legacy stream, so a kernel still reading the buffer finishes first.
-    CK(cudaMemcpy(g_i32[slot], host, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+    // Ordered after earlier work on g_stream, so a kernel still reading the
+    // buffer finishes first. From pageable memory, cudaMemcpyAsync returns
+    // once the host values have been taken.
+    CK(cudaMemcpyAsync(g_i32[slot], host, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                       g_stream));
     *out = g_i32[slot];
     return 0;
 }
@@ -255,9 +296,9 @@ static int colsum(F f, int64_t rows, int64_t C, int Q) {
     if (workspace((size_t)chunks * Q * C * sizeof(float), &ws)) return 1;
     float *part = (float *)ws;
     dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks, (unsigned)Q);
-    k_colsum_partial<<<grid, dim3(32, 8)>>>(f, part, rows, C, rch);
+    k_colsum_partial<<<grid, dim3(32, 8), 0, g_stream>>>(f, part, rows, C, rch);
     LAUNCHED();
-    k_colsum_final<<<grid_for((int64_t)Q * C), kThreads>>>(f, part, chunks, Q, C);
+    k_colsum_final<<<grid_for((int64_t)Q * C), kThreads, 0, g_stream>>>(f, part, chunks, Q, C);
     LAUNCHED();
     return 0;
 }
@@ -305,9 +346,14 @@ extern "C" int mb_init(int device, int sync) {
     snprintf(g_name, sizeof g_name, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major,
              prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    CK(cudaStreamCreate(&g_stream));
     CKB(cublasCreate(&g_blas));
     CKB(cublasSetPointerMode(g_blas, CUBLAS_POINTER_MODE_HOST));
+    CKB(cublasSetStream(g_blas, g_stream));
+    CK(cudaMalloc(&g_blas_ws, kBlasWorkspace));
+    CKB(cublasSetWorkspace(g_blas, g_blas_ws, kBlasWorkspace));
     CK(cudaMalloc(&g_result, sizeof(double)));
+    CK(cudaMalloc(&g_staged, (size_t)kStagedIDs * sizeof(int32_t)));
     g_device = device;
     g_sync = sync ? 1 : 0;
     g_ready = 1;
@@ -336,39 +382,121 @@ extern "C" int mb_free(void *p) {
     return cudaFree(p) == cudaSuccess ? 0 : 1;
 }
 
+// Host to device: from pageable memory cudaMemcpyAsync returns once the
+// host values have been taken (staged), so the caller may reuse them, as
+// after cudaMemcpy.
 extern "C" int mb_memcpy_h2d(void *dst, const void *src_host, int64_t bytes) {
     ENTER();
+    NOT_CAPTURING();
     if (bytes <= 0) return 0;
-    CK(cudaMemcpy(dst, src_host, (size_t)bytes, cudaMemcpyHostToDevice));
+    CK(cudaMemcpyAsync(dst, src_host, (size_t)bytes, cudaMemcpyHostToDevice, g_stream));
+    SYNC_DEBUG();
     return 0;
 }
 
 extern "C" int mb_memcpy_d2h(void *dst_host, const void *src, int64_t bytes) {
     ENTER();
+    NOT_CAPTURING();
     if (bytes <= 0) return 0;
-    CK(cudaMemcpy(dst_host, src, (size_t)bytes, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpyAsync(dst_host, src, (size_t)bytes, cudaMemcpyDeviceToHost, g_stream));
+    CK(cudaStreamSynchronize(g_stream));
     return 0;
 }
 
 extern "C" int mb_memcpy_d2d(void *dst, const void *src, int64_t bytes) {
     ENTER();
     if (bytes <= 0 || dst == src) return 0;
-    CK(cudaMemcpy(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice));
-    if (g_sync) CK(cudaDeviceSynchronize());
+    CK(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice, g_stream));
+    SYNC_DEBUG();
     return 0;
 }
 
 extern "C" int mb_memset(void *dst, int value, int64_t bytes) {
     ENTER();
     if (bytes <= 0) return 0;
-    CK(cudaMemset(dst, value, (size_t)bytes));
-    if (g_sync) CK(cudaDeviceSynchronize());
+    CK(cudaMemsetAsync(dst, value, (size_t)bytes, g_stream));
+    SYNC_DEBUG();
     return 0;
 }
 
 extern "C" int mb_sync(void) {
     ENTER();
-    CK(cudaDeviceSynchronize());
+    NOT_CAPTURING();
+    CK(cudaStreamSynchronize(g_stream));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// CUDA graphs: record the work issued between mb_graph_begin and
+// mb_graph_end once, then replay it with one launch.
+
+extern "C" int mb_graph_begin(void) {
+    ENTER();
+    if (g_capturing) {
+        set_err("mb_graph_begin: a capture is already under way");
+        return 1;
+    }
+    // Relaxed: the Go caller may move between OS threads during a capture.
+    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed));
+    g_capturing = 1;
+    return 0;
+}
+
+extern "C" int mb_graph_end(uintptr_t *exec_out) {
+    ENTER();
+    *exec_out = 0;
+    if (!g_capturing) {
+        set_err("mb_graph_end: no capture under way");
+        return 1;
+    }
+    g_capturing = 0;
+    cudaGraph_t graph = nullptr;
+    // A failure inside the capture (an operation that cannot be recorded)
+    // invalidates it and shows here.
+    CK(cudaStreamEndCapture(g_stream, &graph));
+    if (!graph) {
+        set_err("mb_graph_end: the capture was invalidated");
+        return 1;
+    }
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t e = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        set_err("mb_graph_end: cudaGraphInstantiateWithFlags: %s", cudaGetErrorString(e));
+        return 1;
+    }
+    *exec_out = (uintptr_t)exec;
+    return 0;
+}
+
+extern "C" int mb_graph_launch(uintptr_t exec) {
+    ENTER();
+    NOT_CAPTURING();
+    CK(cudaGraphLaunch((cudaGraphExec_t)exec, g_stream));
+    SYNC_DEBUG();
+    return 0;
+}
+
+// Like mb_free, may be called for a graph still running: waits for the
+// stream first.
+extern "C" int mb_graph_free(uintptr_t exec) {
+    if (!exec) return 0;
+    if (g_ready && !g_capturing && cudaStreamSynchronize(g_stream) != cudaSuccess) return 1;
+    return cudaGraphExecDestroy((cudaGraphExec_t)exec) == cudaSuccess ? 0 : 1;
+}
+
+extern "C" int mb_stage_ids(const int32_t *ids_host, int64_t n) {
+    ENTER();
+    NOT_CAPTURING();
+    if (n <= 0) return 0;
+    if (n > kStagedIDs) {
+        set_err("mb_stage_ids: %lld ids; at most %lld can be staged", (long long)n,
+                (long long)kStagedIDs);
+        return 1;
+    }
+    CK(cudaMemcpyAsync(g_staged, ids_host, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                       g_stream));
+    SYNC_DEBUG();
     return 0;
 }
 
@@ -385,6 +513,101 @@ __global__ void k_scale_rows(float *c, int64_t ldc, int64_t m, int64_t n, float 
     }
 }
 
+// Small-m GEMM, the decode step's x·Wᵀ: C (m,n) = alpha·A (m,k)·Bᵀ + beta·C
+// with B (n,k) row-major and m <= M <= 8. Bound by reading B once, which
+// cuBLAS does slowly at this shape. One warp per output column j: the lanes
+// stride over row j of B (16-byte loads, four in flight, streamed past L1)
+// and dot it with the m rows of A (small and reread by every warp: served by
+// L1), then sum across the warp. Reading B dominates, so it computes in
+// float32 in both modes (bf16 mode does not round the operands here).
+static const int kGemvMaxM = 8;
+
+__device__ __forceinline__ float dot4(float4 w, float4 x) {
+    return w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
+}
+
+// VEC: k, lda and ldb are multiples of 4 and a, b 16-byte aligned.
+template <int M, bool VEC>
+__global__ void __launch_bounds__(256)
+    k_gemv_nt(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb,
+              int m, int64_t n, int64_t k, float alpha, float beta) {
+    int64_t j = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (j >= n) return;  // the whole warp leaves together
+    const float *bj = b + j * ldb;
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; i++) acc[i] = 0.f;
+    if (VEC) {
+        const float4 *b4 = (const float4 *)bj;
+        int64_t k4 = k / 4, p = lane;
+        for (; p + 96 < k4; p += 128) {
+            float4 w0 = __ldcs(b4 + p), w1 = __ldcs(b4 + p + 32), w2 = __ldcs(b4 + p + 64),
+                   w3 = __ldcs(b4 + p + 96);
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                if (i < m) {
+                    const float4 *a4 = (const float4 *)(a + i * lda);
+                    acc[i] += dot4(w0, a4[p]) + dot4(w1, a4[p + 32]) + dot4(w2, a4[p + 64]) +
+                              dot4(w3, a4[p + 96]);
+                }
+            }
+        }
+        for (; p < k4; p += 32) {
+            float4 w = __ldcs(b4 + p);
+#pragma unroll
+            for (int i = 0; i < M; i++)
+                if (i < m) acc[i] += dot4(w, ((const float4 *)(a + i * lda))[p]);
+        }
+    } else {
+        for (int64_t p = lane; p < k; p += 32) {
+            float w = bj[p];
+#pragma unroll
+            for (int i = 0; i < M; i++)
+                if (i < m) acc[i] += w * a[i * lda + p];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < M; i++) acc[i] = warp_sum(acc[i]);
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            if (i < m) {
+                float *cp = c + i * ldc + j;
+                float v = alpha * acc[i];
+                *cp = beta == 0.f ? v : v + beta * *cp;
+            }
+        }
+    }
+}
+
+template <int M>
+static void launch_gemv(int vec, float *c, int64_t ldc, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, int m, int64_t n, int64_t k, float alpha,
+                        float beta) {
+    unsigned blocks = (unsigned)((n + 7) / 8);
+    if (vec)
+        k_gemv_nt<M, true><<<blocks, 256, 0, g_stream>>>(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
+    else
+        k_gemv_nt<M, false><<<blocks, 256, 0, g_stream>>>(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
+}
+
+static int gemv_nt(float *c, int64_t ldc, const float *a, int64_t lda, const float *b,
+                   int64_t ldb, int64_t m, int64_t n, int64_t k, float alpha, float beta) {
+    int vec = k % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 && (uintptr_t)a % 16 == 0 &&
+              (uintptr_t)b % 16 == 0;
+    if (m == 1)
+        launch_gemv<1>(vec, c, ldc, a, lda, b, ldb, (int)m, n, k, alpha, beta);
+    else if (m == 2)
+        launch_gemv<2>(vec, c, ldc, a, lda, b, ldb, (int)m, n, k, alpha, beta);
+    else if (m <= 4)
+        launch_gemv<4>(vec, c, ldc, a, lda, b, ldb, (int)m, n, k, alpha, beta);
+    else
+        launch_gemv<8>(vec, c, ldc, a, lda, b, ldb, (int)m, n, k, alpha, beta);
+    LAUNCHED();
+    return 0;
+}
+
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                        float *c, int64_t ldc, int mode) {
@@ -392,7 +615,7 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0 || alpha == 0.f) {
         if (beta == 1.f) return 0;
-        k_scale_rows<<<grid_for(m * n), kThreads>>>(c, ldc, m, n, beta);
+        k_scale_rows<<<grid_for(m * n), kThreads, 0, g_stream>>>(c, ldc, m, n, beta);
         LAUNCHED();
         return 0;
     }
@@ -402,6 +625,8 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                 (long long)k);
         return 1;
     }
+    if (!transA && transB && m <= kGemvMaxM)
+        return gemv_nt(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
     // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: a
     // row-major buffer read column-major is the transpose, so pass B first
     // with the same transpose flags.
@@ -415,7 +640,7 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                          (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
                          CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
     }
-    if (g_sync) CK(cudaDeviceSynchronize());
+    SYNC_DEBUG();
     return 0;
 }
 
@@ -442,7 +667,20 @@ extern "C" int mb_embed_fwd(float *out, const int32_t *ids_host, const float *w,
     if (n <= 0 || D <= 0) return 0;
     int32_t *ids;
     if (upload_i32(0, ids_host, n, &ids)) return 1;
-    k_embed_fwd<<<grid_for(n * D), kThreads>>>(out, ids, w, n, D);
+    k_embed_fwd<<<grid_for(n * D), kThreads, 0, g_stream>>>(out, ids, w, n, D);
+    LAUNCHED();
+    return 0;
+}
+
+extern "C" int mb_embed_fwd_staged(float *out, const float *w, int64_t n, int64_t D) {
+    ENTER();
+    if (n <= 0 || D <= 0) return 0;
+    if (n > kStagedIDs) {
+        set_err("mb_embed_fwd_staged: %lld ids; at most %lld can be staged", (long long)n,
+                (long long)kStagedIDs);
+        return 1;
+    }
+    k_embed_fwd<<<grid_for(n * D), kThreads, 0, g_stream>>>(out, g_staged, w, n, D);
     LAUNCHED();
     return 0;
 }
@@ -453,7 +691,7 @@ extern "C" int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_hos
     if (n <= 0 || D <= 0) return 0;
     int32_t *ids;
     if (upload_i32(0, ids_host, n, &ids)) return 1;
-    k_embed_bwd<<<grid_for(n * D), kThreads>>>(dw, dout, ids, n, D);
+    k_embed_bwd<<<grid_for(n * D), kThreads, 0, g_stream>>>(dw, dout, ids, n, D);
     LAUNCHED();
     return 0;
 }
@@ -487,6 +725,38 @@ __global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x,
         for (int64_t i = lane; i < D; i += 32) orow[i] = (xr[i] - mu) * rs * w[i] + b[i];
     }
     if (lane == 0) {
+        if (mean) mean[r] = mu;
+        if (rstd) rstd[r] = rs;
+    }
+}
+
+// The same with one block per row, for few rows (decode): a warp per row
+// would leave most of the GPU idle and walk the row in D/32 dependent steps.
+__global__ void k_norm_fwd_rowblock(float *out, float *mean, float *rstd, const float *x,
+                                    const float *w, const float *b, int64_t D, float eps,
+                                    int rms) {
+    int64_t r = blockIdx.x;
+    const float *xr = x + r * D;
+    float *orow = out + r * D;
+    float mu = 0.f;
+    if (!rms) {
+        float s = 0.f;
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+        mu = block_sum(s) / (float)D;
+    }
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+        float d = xr[i] - mu;
+        ss += d * d;
+    }
+    ss = block_sum(ss);
+    float rs = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
+    if (rms) {
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) orow[i] = xr[i] * rs * w[i];
+    } else {
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) orow[i] = (xr[i] - mu) * rs * w[i] + b[i];
+    }
+    if (threadIdx.x == 0) {
         if (mean) mean[r] = mu;
         if (rstd) rstd[r] = rs;
     }
@@ -541,8 +811,13 @@ extern "C" int mb_norm_fwd(float *out, float *mean, float *rstd, const float *x,
                            const float *b, int64_t rows, int64_t D, float eps, int rms) {
     ENTER();
     if (rows <= 0 || D <= 0) return 0;
+    if (rows <= 512) {
+        k_norm_fwd_rowblock<<<(unsigned)rows, 256, 0, g_stream>>>(out, mean, rstd, x, w, b, D, eps, rms);
+        LAUNCHED();
+        return 0;
+    }
     unsigned blocks = (unsigned)((rows + 7) / 8);
-    k_norm_fwd<<<blocks, 256>>>(out, mean, rstd, x, w, b, rows, D, eps, rms);
+    k_norm_fwd<<<blocks, 256, 0, g_stream>>>(out, mean, rstd, x, w, b, rows, D, eps, rms);
     LAUNCHED();
     return 0;
 }
@@ -553,7 +828,7 @@ extern "C" int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, c
     ENTER();
     if (rows <= 0 || D <= 0) return 0;
     unsigned blocks = (unsigned)((rows + 7) / 8);
-    k_norm_bwd_dx<<<blocks, 256>>>(dx, dout, x, w, mean, rstd, rows, D, rms);
+    k_norm_bwd_dx<<<blocks, 256, 0, g_stream>>>(dx, dout, x, w, mean, rstd, rows, D, rms);
     LAUNCHED();
     NormCols f{dw, db, dout, x, mean, rstd, D};
     int Q = (rms || db == nullptr) ? 1 : 2;
@@ -645,7 +920,7 @@ extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
                            int64_t K) {
     ENTER();
     if (B * T * E <= 0) return 0;
-    k_conv_fwd<<<grid_for(B * T * E), kThreads>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
+    k_conv_fwd<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
     LAUNCHED();
     return 0;
 }
@@ -655,7 +930,7 @@ extern "C" int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, con
                            int64_t B, int64_t T, int64_t E, int64_t K) {
     ENTER();
     if (B * T * E <= 0) return 0;
-    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads>>>(dxi, ldx, du, pre, w, B, T, E, K);
+    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(dxi, ldx, du, pre, w, B, T, E, K);
     LAUNCHED();
     ConvCols f{dw, dbias, du, pre, xi, prev, ldx, T, E, K};
     return colsum(f, B * T, E, (int)(dbias ? K + 1 : K));
@@ -665,7 +940,7 @@ extern "C" int mb_conv_state(float *next, const float *prev, const float *xi, in
                              int64_t B, int64_t T, int64_t E, int64_t K) {
     ENTER();
     if (B * E <= 0 || K <= 1) return 0;
-    k_conv_state<<<grid_for(B * E), kThreads>>>(next, prev, xi, ldx, B, T, E, K);
+    k_conv_state<<<grid_for(B * E), kThreads, 0, g_stream>>>(next, prev, xi, ldx, B, T, E, K);
     LAUNCHED();
     return 0;
 }
@@ -697,7 +972,7 @@ struct DtCols {
 extern "C" int mb_dt_fwd(float *delta, float *raw, const float *bias, int64_t rows, int64_t E) {
     ENTER();
     if (rows * E <= 0) return 0;
-    k_dt_fwd<<<grid_for(rows * E), kThreads>>>(delta, raw, bias, rows, E);
+    k_dt_fwd<<<grid_for(rows * E), kThreads, 0, g_stream>>>(delta, raw, bias, rows, E);
     LAUNCHED();
     return 0;
 }
@@ -706,7 +981,7 @@ extern "C" int mb_dt_bwd(float *draw, float *dbias, const float *ddelta, const f
                          int64_t rows, int64_t E) {
     ENTER();
     if (rows * E <= 0) return 0;
-    k_dt_bwd<<<grid_for(rows * E), kThreads>>>(draw, ddelta, raw, rows * E);
+    k_dt_bwd<<<grid_for(rows * E), kThreads, 0, g_stream>>>(draw, ddelta, raw, rows * E);
     LAUNCHED();
     if (!dbias) return 0;
     DtCols f{dbias, draw, E};
@@ -720,7 +995,7 @@ __global__ void k_negexp(float *a, const float *alog, int64_t n) {
 extern "C" int mb_negexp(float *a, const float *alog, int64_t n) {
     ENTER();
     if (n <= 0) return 0;
-    k_negexp<<<grid_for(n), kThreads>>>(a, alog, n);
+    k_negexp<<<grid_for(n), kThreads, 0, g_stream>>>(a, alog, n);
     LAUNCHED();
     return 0;
 }
@@ -747,7 +1022,7 @@ extern "C" int mb_gate_fwd(float *out, const float *y, const float *z, int64_t l
                            int64_t E) {
     ENTER();
     if (rows * E <= 0) return 0;
-    k_gate_fwd<<<grid_for(rows * E), kThreads>>>(out, y, z, ldz, rows, E);
+    k_gate_fwd<<<grid_for(rows * E), kThreads, 0, g_stream>>>(out, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
 }
@@ -756,7 +1031,7 @@ extern "C" int mb_gate_bwd(float *dy, float *dz, const float *dout, const float 
                            int64_t ldz, int64_t rows, int64_t E) {
     ENTER();
     if (rows * E <= 0) return 0;
-    k_gate_bwd<<<grid_for(rows * E), kThreads>>>(dy, dz, dout, y, z, ldz, rows, E);
+    k_gate_bwd<<<grid_for(rows * E), kThreads, 0, g_stream>>>(dy, dz, dout, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
 }
@@ -768,7 +1043,7 @@ __global__ void k_add(float *dst, const float *src, int64_t n) {
 extern "C" int mb_add(float *dst, const float *src, int64_t n) {
     ENTER();
     if (n <= 0) return 0;
-    k_add<<<grid_for(n), kThreads>>>(dst, src, n);
+    k_add<<<grid_for(n), kThreads, 0, g_stream>>>(dst, src, n);
     LAUNCHED();
     return 0;
 }
@@ -780,7 +1055,7 @@ __global__ void k_scale(float *x, float s, int64_t n) {
 extern "C" int mb_scale(float *x, float s, int64_t n) {
     ENTER();
     if (n <= 0) return 0;
-    k_scale<<<grid_for(n), kThreads>>>(x, s, n);
+    k_scale<<<grid_for(n), kThreads, 0, g_stream>>>(x, s, n);
     LAUNCHED();
     return 0;
 }
@@ -803,7 +1078,7 @@ extern "C" int mb_adamw(float *param, const float *grad, float *m, float *v, int
                         float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
     ENTER();
     if (n <= 0) return 0;
-    k_adamw<<<grid_for(n), kThreads>>>(param, grad, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+    k_adamw<<<grid_for(n), kThreads, 0, g_stream>>>(param, grad, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
     LAUNCHED();
     return 0;
 }
@@ -841,6 +1116,7 @@ __global__ void k_sum_f64(double *out, const double *x, int64_t n) {
 
 extern "C" int mb_sum_squares(const float *x, int64_t n, double *out_host) {
     ENTER();
+    NOT_CAPTURING();
     *out_host = 0;
     if (n <= 0) return 0;
     int64_t blocks = (n + kThreads - 1) / kThreads;
@@ -848,11 +1124,12 @@ extern "C" int mb_sum_squares(const float *x, int64_t n, double *out_host) {
     void *ws;
     if (workspace((size_t)blocks * sizeof(double), &ws)) return 1;
     double *part = (double *)ws;
-    k_sumsq_partial<<<(unsigned)blocks, kThreads>>>(part, x, n);
+    k_sumsq_partial<<<(unsigned)blocks, kThreads, 0, g_stream>>>(part, x, n);
     LAUNCHED();
-    k_sum_f64<<<1, 1024>>>(g_result, part, blocks);
+    k_sum_f64<<<1, 1024, 0, g_stream>>>(g_result, part, blocks);
     LAUNCHED();
-    CK(cudaMemcpy(out_host, g_result, sizeof(double), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpyAsync(out_host, g_result, sizeof(double), cudaMemcpyDeviceToHost, g_stream));
+    CK(cudaStreamSynchronize(g_stream));
     return 0;
 }
 
@@ -903,6 +1180,7 @@ extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
                                 const int32_t *targets_host, int64_t n, int64_t V, float scale,
                                 double *sum_host) {
     ENTER();
+    NOT_CAPTURING();
     *sum_host = 0;
     if (n <= 0) return 0;
     if (n > INT32_MAX) {
@@ -914,11 +1192,12 @@ extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
     void *ws;
     if (workspace((size_t)n * sizeof(float), &ws)) return 1;
     float *rowloss = (float *)ws;
-    k_xent<<<(unsigned)n, kThreads>>>(dlogits, nll, rowloss, logits, tg, V, scale);
+    k_xent<<<(unsigned)n, kThreads, 0, g_stream>>>(dlogits, nll, rowloss, logits, tg, V, scale);
     LAUNCHED();
-    k_sum_f32<<<1, 1024>>>(g_result, rowloss, n);
+    k_sum_f32<<<1, 1024, 0, g_stream>>>(g_result, rowloss, n);
     LAUNCHED();
-    CK(cudaMemcpy(sum_host, g_result, sizeof(double), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpyAsync(sum_host, g_result, sizeof(double), cudaMemcpyDeviceToHost, g_stream));
+    CK(cudaStreamSynchronize(g_stream));
     return 0;
 }
 
@@ -1157,10 +1436,10 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     int cpb = kScanThreads / P;
     dim3 grid((unsigned)((E + cpb - 1) / cpb), (unsigned)B);
     switch (J) {
-    case 1: k_scan_fwd<1><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
-    case 2: k_scan_fwd<2><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
-    case 3: k_scan_fwd<3><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
-    default: k_scan_fwd<4><<<grid, kScanThreads>>>(a, y, s0, sT, ckpt); break;
+    case 1: k_scan_fwd<1><<<grid, kScanThreads, 0, g_stream>>>(a, y, s0, sT, ckpt); break;
+    case 2: k_scan_fwd<2><<<grid, kScanThreads, 0, g_stream>>>(a, y, s0, sT, ckpt); break;
+    case 3: k_scan_fwd<3><<<grid, kScanThreads, 0, g_stream>>>(a, y, s0, sT, ckpt); break;
+    default: k_scan_fwd<4><<<grid, kScanThreads, 0, g_stream>>>(a, y, s0, sT, ckpt); break;
     }
     LAUNCHED();
     return 0;
@@ -1173,7 +1452,7 @@ static int launch_scan_bwd(dim3 grid, size_t shmem, ScanArgs a, float *du, float
     if (shmem > 48 * 1024)
         CK(cudaFuncSetAttribute(k_scan_bwd<J>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)shmem));
-    k_scan_bwd<J><<<grid, kScanThreads, shmem>>>(a, du, ddelta, dBt, dCt, partA, ws, dy, ckpt);
+    k_scan_bwd<J><<<grid, kScanThreads, shmem, g_stream>>>(a, du, ddelta, dBt, dCt, partA, ws, dy, ckpt);
     LAUNCHED();
     return 0;
 }
@@ -1203,9 +1482,9 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     float *states = carve<float>(&cur, (int64_t)kScanChunk * J * nl);
     float *partA = carve<float>(&cur, B * E * N);
 
-    k_zero_rows<<<grid_for(B * T * N), kThreads>>>(dBt, ldbc, B * T, N);
+    k_zero_rows<<<grid_for(B * T * N), kThreads, 0, g_stream>>>(dBt, ldbc, B * T, N);
     LAUNCHED();
-    k_zero_rows<<<grid_for(B * T * N), kThreads>>>(dCt, ldbc, B * T, N);
+    k_zero_rows<<<grid_for(B * T * N), kThreads, 0, g_stream>>>(dCt, ldbc, B * T, N);
     LAUNCHED();
     ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P};
     size_t shmem = 2 * kScanChunk * (size_t)N * sizeof(float);
@@ -1217,7 +1496,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     default: rc = launch_scan_bwd<4>(grid, shmem, a, du, ddelta, dBt, dCt, partA, states, dy, ckpt); break;
     }
     if (rc) return rc;
-    k_scan_dalog<<<grid_for(E * N), kThreads>>>(dAlog, partA, A, B, E * N);
+    k_scan_dalog<<<grid_for(E * N), kThreads, 0, g_stream>>>(dAlog, partA, A, B, E * N);
     LAUNCHED();
     // The workspace now belongs to colsum; partA was consumed above (same
     // stream), so reusing it is safe.

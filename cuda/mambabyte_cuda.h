@@ -16,9 +16,14 @@
  *     no usable CUDA driver or GPU.
  *   - Device pointers are passed as float* (or void*); host pointers are
  *     named *_host. Sizes are int64_t.
- *   - All work runs on the legacy default stream in call order; functions
- *     returning host values (mb_cross_entropy, mb_sum_squares, mb_memcpy_d2h)
+ *   - All work runs on one stream created by mb_init, in call order
+ *     (kernels, cuBLAS, copies and memsets alike); functions returning host
+ *     values (mb_cross_entropy, mb_sum_squares, mb_memcpy_d2h) and mb_sync
  *     wait for it. Not thread-safe: one caller at a time.
+ *   - Between mb_graph_begin and mb_graph_end the work is recorded into a
+ *     CUDA graph instead of run. Functions that return host values or
+ *     upload from the host (the _host arguments) fail then, except that
+ *     mb_embed_fwd_staged reads ids staged on the device by mb_stage_ids.
  *   - No function takes more than 15 arguments (purego's limit); wider calls
  *     take a struct by pointer.
  */
@@ -41,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 1
+#define MB_ABI_VERSION 2
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -52,16 +57,35 @@ int mb_memcpy_d2d(void *dst, const void *src, int64_t bytes);
 int mb_memset(void *dst, int value, int64_t bytes);
 int mb_sync(void);
 
+/* CUDA graphs. mb_graph_begin starts recording the library's stream;
+ * mb_graph_end stops and returns an executable graph in *exec_out (its
+ * kernels keep the device pointers they were given: those buffers must stay
+ * allocated while the graph is used). mb_graph_launch replays it on the
+ * stream, asynchronously; mb_graph_free waits for the stream, then destroys
+ * it. No allocation or free may happen during a capture. */
+int mb_graph_begin(void);
+int mb_graph_end(uintptr_t *exec_out);
+int mb_graph_launch(uintptr_t exec);
+int mb_graph_free(uintptr_t exec);
+/* Upload n ids (at most 2^20) into the library's staging buffer, whose device
+ * address never changes, in stream order: a graph launched afterwards reads
+ * them through mb_embed_fwd_staged. */
+int mb_stage_ids(const int32_t *ids_host, int64_t n);
+
 /* C = alpha·op(A)·op(B) + beta·C, row-major, op(A) (m,k), op(B) (k,n),
  * C (m,n). mode 0: float32 (cublasSgemm); mode 1: bf16 tensor-core math with
  * float32 accumulation and storage (CUBLAS_COMPUTE_32F_FAST_16BF). beta == 0
- * overwrites C (NaNs in C are ignored). */
+ * overwrites C (NaNs in C are ignored). A·Bᵀ with m <= 8 (the decode step)
+ * runs a kernel of the library's own that reads B once, in float32 in both
+ * modes. */
 int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
             float *c, int64_t ldc, int mode);
 
 /* out (n,D) = rows ids[i] of w (V,D). */
 int mb_embed_fwd(float *out, const int32_t *ids_host, const float *w, int64_t n, int64_t D);
+/* mb_embed_fwd with the ids last staged by mb_stage_ids (capturable). */
+int mb_embed_fwd_staged(float *out, const float *w, int64_t n, int64_t D);
 /* dw (V,D) row ids[i] += dout row i. */
 int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_host, int64_t n, int64_t D);
 

@@ -65,3 +65,35 @@ type Backend interface {
 	// bc2 = 1-β2^step.
 	AdamW(param, grad, m, v Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32)
 }
+
+// Capturer is implemented by backends that can record a sequence of
+// operations once and replay it with one call (CUDA graphs), which removes
+// the cost of issuing each operation. Users check for it with a type
+// assertion; every Backend works without it.
+//
+// Between BeginCapture and EndCapture operations are recorded, not run. A
+// recorded operation keeps the tensors it was given, so they must stay
+// allocated, and at the same place, while the Graph is used; the values
+// in them are read when the graph runs. Embed records a read of the ids
+// staged by StageIDs at replay time: its ids argument is ignored. Alloc,
+// Upload, Download, EmbedBackward, CrossEntropy and SumSquares must not be
+// called while capturing.
+type Capturer interface {
+	// CaptureEnabled reports whether capture should be used (a backend may
+	// let the user turn it off).
+	CaptureEnabled() bool
+	BeginCapture() error
+	// EndCapture stops recording and returns what was recorded. After an
+	// error nothing was recorded or run, and the backend works as before.
+	EndCapture() (Graph, error)
+	// StageIDs sets the ids that the next replays' Embed reads.
+	StageIDs(ids []int32)
+}
+
+// Graph is a recorded sequence of operations.
+type Graph interface {
+	// Launch runs the operations, in order after the work issued before.
+	Launch()
+	// Free releases the graph; it must not be launched afterwards.
+	Free()
+}

@@ -20,6 +20,12 @@
 // operation panics with the library's message (enable Options.Sync to have
 // kernel faults reported by the operation that caused them).
 //
+// The backend implements backend.Capturer with CUDA graphs: BeginCapture
+// and EndCapture record the operations in between into a Graph, and
+// Graph.Launch replays them with one launch (the per-byte decode step is
+// hundreds of small launches otherwise). MAMBABYTE_CUDA_GRAPHS=0 makes
+// CaptureEnabled report false, so callers run every operation directly.
+//
 // Precision "fp32" computes everything in float32. "bf16" runs the GEMMs on
 // bf16 tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF: operands rounded
 // to bf16, float32 accumulation, float32 storage); the other kernels stay
@@ -28,6 +34,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 
@@ -59,8 +66,10 @@ type Backend struct {
 	// goroutine of their own, and the library takes one caller at a time,
 	// so they only queue the pointer here; Alloc and Sync free the queue
 	// from the caller's goroutine.
+	// Graphs likewise.
 	mu      sync.Mutex
 	garbage []uintptr
+	graphs  []uintptr
 }
 
 // queueFree records a device buffer to free at the next Alloc or Sync.
@@ -70,18 +79,36 @@ func (be *Backend) queueFree(p uintptr) {
 	be.mu.Unlock()
 }
 
-// collect frees the queued buffers.
-func (be *Backend) collect() {
+// queueGraphFree records a graph to free at the next Alloc or Sync.
+func (be *Backend) queueGraphFree(exec uintptr) {
 	be.mu.Lock()
-	g := be.garbage
-	be.garbage = nil
+	be.graphs = append(be.graphs, exec)
 	be.mu.Unlock()
+}
+
+// collect frees the queued buffers and graphs; not while capturing (a
+// free waits for the device, which a capture forbids).
+func (be *Backend) collect() {
+	if be.l.capturing {
+		return
+	}
+	be.mu.Lock()
+	g, gr := be.garbage, be.graphs
+	be.garbage, be.graphs = nil, nil
+	be.mu.Unlock()
+	for _, exec := range gr {
+		be.l.check("free graph", be.l.graphFree(exec))
+	}
 	for _, p := range g {
 		be.l.check("free", be.l.free(p))
 	}
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend  = (*Backend)(nil)
+	_ backend.Capturer = (*Backend)(nil)
+	_ backend.Graph    = (*Graph)(nil)
+)
 
 // New loads the kernel library, sets up the device and returns a backend.
 // The error wraps ErrUnavailable when this machine cannot run it.
@@ -198,6 +225,9 @@ func (be *Backend) Alloc(n int) backend.Tensor {
 	if n < 0 {
 		panic(fmt.Sprintf("cuda: Alloc(%d)", n))
 	}
+	if be.l.capturing {
+		panic("cuda: Alloc while a graph is being captured")
+	}
 	be.collect()
 	buf := &buffer{}
 	if n > 0 {
@@ -250,7 +280,12 @@ func (be *Backend) Embed(out backend.Tensor, ids []int32, w backend.Tensor, n, D
 	if n == 0 {
 		return
 	}
-	be.l.check("embed", be.l.embedFwd(ptr(out), ids[:n], ptr(w), i64(n), i64(D)))
+	if be.l.capturing {
+		// A graph reads the ids staged before each launch.
+		be.l.check("embed", be.l.embedFwdStaged(ptr(out), ptr(w), i64(n), i64(D)))
+	} else {
+		be.l.check("embed", be.l.embedFwd(ptr(out), ids[:n], ptr(w), i64(n), i64(D)))
+	}
 	keep(out, w)
 }
 
@@ -359,4 +394,72 @@ func (be *Backend) Scale(t backend.Tensor, s float32) {
 func (be *Backend) AdamW(param, grad, m, v backend.Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32) {
 	be.l.check("adamw", be.l.adamW(ptr(param), ptr(grad), ptr(m), ptr(v), i64(param.Len()), lr, beta1, beta2, eps, wd, bc1, bc2))
 	keep(param, grad, m, v)
+}
+
+// CaptureEnabled is false when MAMBABYTE_CUDA_GRAPHS is "0".
+func (be *Backend) CaptureEnabled() bool { return os.Getenv("MAMBABYTE_CUDA_GRAPHS") != "0" }
+
+// BeginCapture starts recording operations into a graph instead of running
+// them (see backend.Capturer for what may be called until EndCapture).
+func (be *Backend) BeginCapture() error {
+	if be.l.capturing {
+		return fmt.Errorf("cuda: begin capture: a capture is already under way")
+	}
+	be.collect()
+	if be.l.graphBegin() != 0 {
+		return fmt.Errorf("cuda: begin capture: %s", be.l.lastError())
+	}
+	be.l.capturing = true
+	return nil
+}
+
+// EndCapture stops recording and returns the graph of the operations since
+// BeginCapture.
+func (be *Backend) EndCapture() (backend.Graph, error) {
+	if !be.l.capturing {
+		return nil, fmt.Errorf("cuda: end capture: no capture under way")
+	}
+	be.l.capturing = false
+	var exec uintptr
+	if be.l.graphEnd(&exec) != 0 {
+		return nil, fmt.Errorf("cuda: end capture: %s", be.l.lastError())
+	}
+	g := &Graph{be: be, exec: exec}
+	g.cleanup = runtime.AddCleanup(g, be.queueGraphFree, exec)
+	return g, nil
+}
+
+// StageIDs uploads the ids that Embed reads in the graphs launched after
+// it (at most 2^20).
+func (be *Backend) StageIDs(ids []int32) {
+	if len(ids) == 0 {
+		return
+	}
+	be.l.check("stage ids", be.l.stageIDs(ids, i64(len(ids))))
+}
+
+// Graph is a recorded sequence of operations (a CUDA graph). It is freed by
+// Free or, failing that, once unreferenced.
+type Graph struct {
+	be      *Backend
+	exec    uintptr
+	cleanup runtime.Cleanup
+}
+
+// Launch replays the recorded operations on the device, asynchronously.
+func (g *Graph) Launch() {
+	if g.exec == 0 {
+		panic("cuda: launch of a freed graph")
+	}
+	g.be.l.check("graph launch", g.be.l.graphLaunch(g.exec))
+}
+
+// Free releases the graph (after the device has finished with it).
+func (g *Graph) Free() {
+	if g.exec == 0 {
+		return
+	}
+	g.cleanup.Stop()
+	g.be.l.check("free graph", g.be.l.graphFree(g.exec))
+	g.exec = 0
 }

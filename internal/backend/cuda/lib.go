@@ -14,13 +14,16 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 1
+const abiVersion = 2
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
 // slices or pointers (valid for the call only).
 type lib struct {
 	path string
+	// capturing is set between graphBegin and graphEnd (the library's one
+	// stream is being recorded).
+	capturing bool
 
 	abiVersion func() int32
 	init       func(device, sync int32) int32
@@ -35,10 +38,17 @@ type lib struct {
 	memset    func(dst uintptr, value int32, bytes int64) int32
 	sync      func() int32
 
+	graphBegin  func() int32
+	graphEnd    func(exec *uintptr) int32
+	graphLaunch func(exec uintptr) int32
+	graphFree   func(exec uintptr) int32
+	stageIDs    func(ids []int32, n int64) int32
+
 	gemm func(transA, transB int32, m, n, k int64, alpha float32, a uintptr, lda int64, b uintptr, ldb int64, beta float32, c uintptr, ldc int64, mode int32) int32
 
-	embedFwd func(out uintptr, ids []int32, w uintptr, n, D int64) int32
-	embedBwd func(dw, dout uintptr, ids []int32, n, D int64) int32
+	embedFwd       func(out uintptr, ids []int32, w uintptr, n, D int64) int32
+	embedFwdStaged func(out, w uintptr, n, D int64) int32
+	embedBwd       func(dw, dout uintptr, ids []int32, n, D int64) int32
 
 	normFwd func(out, mean, rstd, x, w, b uintptr, rows, D int64, eps float32, rms int32) int32
 	normBwd func(dx, dw, db, dout, x, w, mean, rstd uintptr, rows, D int64, rms int32) int32
@@ -152,8 +162,14 @@ func openLib() (l *lib, err error) {
 	reg(&l.memcpyD2D, "mb_memcpy_d2d")
 	reg(&l.memset, "mb_memset")
 	reg(&l.sync, "mb_sync")
+	reg(&l.graphBegin, "mb_graph_begin")
+	reg(&l.graphEnd, "mb_graph_end")
+	reg(&l.graphLaunch, "mb_graph_launch")
+	reg(&l.graphFree, "mb_graph_free")
+	reg(&l.stageIDs, "mb_stage_ids")
 	reg(&l.gemm, "mb_gemm")
 	reg(&l.embedFwd, "mb_embed_fwd")
+	reg(&l.embedFwdStaged, "mb_embed_fwd_staged")
 	reg(&l.embedBwd, "mb_embed_bwd")
 	reg(&l.normFwd, "mb_norm_fwd")
 	reg(&l.normBwd, "mb_norm_bwd")

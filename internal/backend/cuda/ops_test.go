@@ -76,7 +76,7 @@ func TestEmbed(t *testing.T) {
 func TestNorm(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 4)
-	for _, rows := range []int{1, 5, 37, 300} {
+	for _, rows := range []int{1, 5, 37, 300, 600} {
 		for _, D := range []int{7, 32, 130, 1024} {
 			for _, rms := range []bool{false, true} {
 				name := fmt.Sprintf("rows=%d D=%d rms=%v", rows, D, rms)

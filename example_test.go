@@ -55,3 +55,19 @@ func ExampleModel_Generate() {
 	fmt.Printf("%q\n", out.String())
 	// Output: "33\x90\x0e\xba#Z\x96\xed\xed\xed\xb1"
 }
+
+func ExampleLoadDefault() {
+	m, err := mambabyte.LoadDefault(mambabyte.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var out strings.Builder
+	err = m.Generate(context.Background(), []byte("Lighthouse \\Light\"house`\\, n."),
+		mambabyte.GenerateOptions{MaxBytes: 60, Greedy: true, Stop: []string{"\n\n"}},
+		func(piece []byte) error { out.Write(piece); return nil })
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(out.String())
+	// Output: A short or state of being lighted or stated by a light o
+}

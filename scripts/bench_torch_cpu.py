@@ -38,8 +38,11 @@ values of testdata/reference/ssm_layernorm (LayerNorm, untied head): loss
 and every parameter's gradient.
 
 Use Debian's python3-torch with /usr/bin/python3. Debian links torch to the
-system BLAS (libblas.so.3); the benchmark expects an optimised one
-(libopenblas0-openmp) and prints which one is loaded.
+system BLAS (libblas.so.3), the netlib reference BLAS unless an optimised one
+is installed: install libopenblas0-openmp (the result prints which BLAS is
+loaded). scripts/bench_cpu_train.sh runs this script with
+OMP_WAIT_POLICY=PASSIVE and LD_PRELOAD of libtcmalloc_minimal.so.4
+(libtcmalloc-minimal4), PyTorch's fastest setting on the shared 2-core VM.
 """
 
 import argparse
@@ -75,7 +78,8 @@ class SelectiveScan(torch.autograd.Function):
         u_t = u.permute(2, 0, 1)
         B_t = Bm.transpose(0, 1).contiguous()  # (T,Bsz,N)
         C_t = Cm.transpose(0, 1).contiguous()
-        dA = torch.exp(delta_t.unsqueeze(-1) * A)  # (T,Bsz,E,N)
+        dA = delta_t.unsqueeze(-1) * A  # (T,Bsz,E,N)
+        dA.exp_()
         du_t = (delta_t * u_t).contiguous()  # (T,Bsz,E)
         h = du_t.unsqueeze(-1) * B_t.unsqueeze(2)  # deltaB_u, overwritten by the states
         for t in range(1, T):
@@ -99,19 +103,21 @@ class SelectiveScan(torch.autograd.Function):
         # Adjoint recurrence: G_t += deltaA_{t+1} * G_{t+1}
         for t in range(T - 2, -1, -1):
             G[t].addcmul_(dA[t + 1], G[t + 1])
-        # h_t = deltaA_t * h_{t-1} + deltaB_u_t
-        P = torch.empty_like(G)  # dL/d deltaA_t * deltaA_t
-        P[0].zero_()
-        torch.mul(G[1:], h[:-1], out=P[1:])
-        P.mul_(dA)
-        # deltaA = exp(delta*A)
-        g_delta = (P * A).sum(-1)  # (T,Bsz,E)
-        gA = (P * delta.permute(2, 0, 1).unsqueeze(-1)).sum((0, 1))  # (E,N)
         # deltaB_u = (delta*u) * B
         gB = torch.bmm(du_t.view(TB, 1, E), G.view(TB, E, N)).view(T, Bsz, N)
         g_du = torch.bmm(G.view(TB, E, N), B_t.view(TB, N, 1)).view(T, Bsz, E)
+        # h_t = deltaA_t * h_{t-1} + deltaB_u_t: P = dL/d deltaA_t * deltaA_t,
+        # in place in G (no longer needed). The saved tensors stay untouched,
+        # so backward can run again (retain_graph).
+        P = G
+        P[1:].mul_(h[:-1])
+        P[0].zero_()
+        P.mul_(dA)
+        # deltaA = exp(delta*A)
         delta_t = delta.permute(2, 0, 1)
         u_t = u.permute(2, 0, 1)
+        gA = (P * delta_t.unsqueeze(-1)).sum((0, 1))  # (E,N)
+        g_delta = P.mul_(A).sum(-1)  # (T,Bsz,E)
         g_delta = g_delta + g_du * u_t
         g_u = (g_du * delta_t).permute(1, 2, 0) + gy * D.unsqueeze(-1)
         gD = (gy * u).sum((0, 2))

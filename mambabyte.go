@@ -28,7 +28,8 @@ import (
 type Config = model.Config
 
 // Model is a loaded language model over bytes (or, for a subword model,
-// over token ids below its vocabulary size).
+// over token ids below its vocabulary size). A Model is not safe for
+// concurrent use: Eval and Generate calls on one Model must not overlap.
 type Model struct {
 	m      *model.Model
 	format string

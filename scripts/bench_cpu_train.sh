@@ -15,13 +15,15 @@
 #
 # Environment: B (4 or 1), T (1024), ROUNDS (3), ITERS (3), THREADS (2),
 # IMPLS ("go torch-fused torch-loop"), PYTHON (/usr/bin/python3: Debian's
-# python3-torch), OMP_WAIT_POLICY (PASSIVE: PyTorch's OpenMP threads sleep
-# rather than spin at barriers; with the default, 2 threads run several times
-# slower than 1 whenever another process holds a core of the 2-core VM),
+# python3-torch), OMP_WAIT_POLICY (unset: OpenMP's default, PyTorch's
+# fastest on an idle machine; PASSIVE cost it a third there. But with the
+# default, whenever another process holds a core of the 2-core VM, PyTorch's
+# 2 threads run several times slower than 1 thread: measure on an idle
+# machine, or set PASSIVE and say so),
 # TORCH_MALLOC (tcmalloc: PyTorch runs with LD_PRELOAD of Debian's
 # libtcmalloc_minimal4, as PyTorch's CPU performance guide advises; its
 # (T,B,E,N) temporaries are then reused instead of being mapped and faulted
-# in afresh by glibc on every step: 1.5-1.8x faster here; glibc: without).
+# in afresh by glibc on every step: 1.4-1.7x faster here; glibc: without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,6 @@ ITERS=${ITERS:-3}
 THREADS=${THREADS:-2}
 IMPLS=${IMPLS:-"go torch-fused torch-loop"}
 PYTHON=${PYTHON:-/usr/bin/python3}
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 TORCH_MALLOC=${TORCH_MALLOC:-tcmalloc}
 torch_preload=""
 case $TORCH_MALLOC in
@@ -56,7 +57,7 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) CPUs: $(grep -m1 'mode
 echo "# $(go version)"
 echo "# commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)')"
 echo "# B=$B T=$T rounds=$ROUNDS iters/round=$ITERS threads=$THREADS"
-echo "# PyTorch: OMP_WAIT_POLICY=$OMP_WAIT_POLICY malloc=$TORCH_MALLOC ${torch_preload:+(LD_PRELOAD=$torch_preload)}"
+echo "# PyTorch: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)} malloc=$TORCH_MALLOC ${torch_preload:+(LD_PRELOAD=$torch_preload)}"
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [[ " $IMPLS " == *" go "* ]]; then

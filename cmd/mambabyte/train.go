@@ -205,12 +205,11 @@ func cmdTrain(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*out, 0o755); err != nil {
-		return err
-	}
-
 	be, err := mambabyte.NewBackend(dev.options())
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
 	var tr *train.Trainer

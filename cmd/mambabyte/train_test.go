@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -134,5 +135,47 @@ func TestTrainInterruptSaves(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "latest")); err != nil {
 		t.Fatalf("no checkpoint after Ctrl-C: %v", err)
+	}
+}
+
+// Bad input to train is reported before any work starts, and no run
+// directory is left behind.
+func TestTrainBadInput(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.txt")
+	os.WriteFile(empty, nil, 0o644)
+	short := filepath.Join(dir, "short.txt")
+	os.WriteFile(short, []byte("far too short for a window"), 0o644)
+	corpus := corpusFile(t, 50_000)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing corpus", []string{"--data", filepath.Join(dir, "none.txt")}, "none.txt"},
+		{"glob matching nothing", []string{"--data", filepath.Join(dir, "*.nothing")}, "matches no files"},
+		{"empty corpus", []string{"--data", empty}, "empty"},
+		{"shorter than a window", []string{"--data", short}, "too small"},
+		{"unknown preset", []string{"--data", corpus, "--preset", "giant"}, "unknown preset"},
+		{"bad shape", []string{"--data", corpus, "--d-model", "0"}, "d_model"},
+		{"bad norm", []string{"--data", corpus, "--norm", "batchnorm"}, "norm"},
+		{"min-lr above lr", []string{"--data", corpus, "--lr", "1e-3", "--min-lr", "1e-2"}, "min-lr"},
+		{"resume with nothing to resume", []string{"--data", corpus, "--resume"}, "no checkpoint"},
+		{"unknown device", []string{"--data", corpus, "--device", "tpu"}, "unknown device"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "run")
+			args := append([]string{"train", "--out", out, "--preset", "tiny", "--seq-len", "64"}, tc.args...)
+			_, errs, code := mb(t, args...)
+			if code == 0 {
+				t.Fatal("exit 0")
+			}
+			if !strings.Contains(errs, tc.want) {
+				t.Fatalf("stderr %q does not mention %q", errs, tc.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Fatal("the run directory was created")
+			}
+		})
 	}
 }

@@ -130,6 +130,11 @@ func BenchmarkStep(b *testing.B) {
 	sp := m.NewStepper(1)
 	r := rand.New(rand.NewPCG(4, 5))
 	in := []int32{0}
+	for i := 0; i < 16; i++ { // warm-up
+		if _, err := sp.Step(st, in); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.SetBytes(1)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -35,6 +35,7 @@ Commands:
   eval       score a file in bits per byte
   generate   continue a prompt
   data       describe a corpus's train/validation split; write the validation bytes
+  plot       redraw a training run's curve (curve.svg) from its metrics
   bench      measure this machine: bandwidth, GEMM, decode, training
 
 Run "mambabyte COMMAND -h" for a command's flags.
@@ -51,6 +52,7 @@ func main() {
 		"generate": cmdGenerate,
 		"bench":    cmdBench,
 		"data":     cmdData,
+		"plot":     cmdPlot,
 	}
 	name := os.Args[1]
 	if name == "-h" || name == "--help" || name == "help" {

@@ -240,17 +240,7 @@ func cmdTrain(args []string) error {
 	fmt.Fprintln(os.Stderr)
 
 	bar := newProgress(os.Stderr, opt.Steps, tr.Step)
-	plot := func() {
-		ms, err := train.ReadMetrics(filepath.Join(*out, train.MetricsFile))
-		if err != nil {
-			return
-		}
-		title := fmt.Sprintf("mambabyte: D %d, L %d, %.1fM parameters, T %d", cfg.DModel, cfg.NLayer, float64(cfg.NumParams())/1e6, opt.SeqLen)
-		var sb strings.Builder
-		if train.PlotSVG(&sb, title, ms) == nil {
-			checkpoint.WriteFileAtomic(filepath.Join(*out, train.PlotFile), []byte(sb.String()))
-		}
-	}
+	plot := func() { writePlot(*out, opt, filepath.Join(*out, train.PlotFile)) }
 	var logErr error
 	tr.Log = func(m train.Metrics) {
 		if err := metrics.Write(m); err != nil && logErr == nil {
@@ -442,4 +432,45 @@ func checkResumeFlags(set map[string]bool, flags, saved train.Options) error {
 func splitConfig(valFraction float64, seqLen int, seed uint64) data.SplitConfig {
 	w := int64(seqLen) + 1
 	return data.SplitConfig{ValFraction: valFraction, BlockSize: max(64<<10, 8*w), MinBlockSize: w, Seed: seed}
+}
+
+// writePlot draws the curves of the run in dir into file; it returns the
+// first error (the training loop ignores it: a plot is not worth stopping
+// for).
+func writePlot(dir string, opt train.Options, file string) error {
+	ms, err := train.ReadMetrics(filepath.Join(dir, train.MetricsFile))
+	if err != nil {
+		return err
+	}
+	if len(ms) == 0 {
+		return fmt.Errorf("%s: no metrics", filepath.Join(dir, train.MetricsFile))
+	}
+	cfg := opt.Model
+	title := fmt.Sprintf("mambabyte: D %d, L %d, %.1fM parameters, T %d", cfg.DModel, cfg.NLayer, float64(cfg.NumParams())/1e6, opt.SeqLen)
+	var sb strings.Builder
+	if err := train.PlotSVG(&sb, title, ms); err != nil {
+		return err
+	}
+	return checkpoint.WriteFileAtomic(file, []byte(sb.String()))
+}
+
+// cmdPlot redraws a run's curve from its metrics.jsonl.
+func cmdPlot(args []string) error {
+	fs := newFlags("plot", "--run DIR [--out FILE]")
+	run := fs.String("run", "", "training run `directory`")
+	file := fs.String("out", "", "SVG `file` to write (default: DIR/curve.svg)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *run == "" {
+		return fmt.Errorf("--run is required")
+	}
+	opt, _, err := train.SavedOptions(*run)
+	if err != nil {
+		return err
+	}
+	if *file == "" {
+		*file = filepath.Join(*run, train.PlotFile)
+	}
+	return writePlot(*run, opt, *file)
 }

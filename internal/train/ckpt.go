@@ -151,7 +151,7 @@ func SavedOptions(out string) (Options, int, error) {
 		return Options{}, 0, err
 	}
 	if dir == "" {
-		return Options{}, 0, fmt.Errorf("%s: no checkpoint to resume from", out)
+		return Options{}, 0, fmt.Errorf("%s: not a training run: no %s file naming a checkpoint", out, LatestFile)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, trainerFile))
 	if err != nil {

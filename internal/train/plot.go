@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strings"
 )
 
@@ -33,14 +34,31 @@ func PlotSVG(w io.Writer, title string, ms []Metrics) error {
 			valPts = append(valPts, pt{float64(m.Bytes), *m.ValBPB})
 		}
 	}
+	// The y range covers the validation points and 95% of the training
+	// points: the first steps (about 8 bits) would squash the rest; points
+	// above the range are drawn at its top.
 	xmax, ymin, ymax := 1.0, math.Inf(1), math.Inf(-1)
+	var trainY []float64
 	for _, p := range append(append([]pt{}, trainPts...), valPts...) {
 		if math.IsNaN(p.y) || math.IsInf(p.y, 0) {
 			continue
 		}
 		xmax = max(xmax, p.x)
 		ymin = min(ymin, p.y)
-		ymax = max(ymax, p.y)
+	}
+	for _, p := range trainPts {
+		if !math.IsNaN(p.y) && !math.IsInf(p.y, 0) {
+			trainY = append(trainY, p.y)
+		}
+	}
+	if len(trainY) > 0 {
+		sort.Float64s(trainY)
+		ymax = trainY[len(trainY)*95/100]
+	}
+	for _, p := range valPts {
+		if !math.IsNaN(p.y) && !math.IsInf(p.y, 0) {
+			ymax = max(ymax, p.y)
+		}
 	}
 	if math.IsInf(ymin, 1) {
 		ymin, ymax = 0, 8

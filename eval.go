@@ -36,6 +36,9 @@ type EvalOptions struct {
 	// all its bytes, every later one only its last half (the MambaByte
 	// paper's evaluation). Window and Context exclude each other.
 	Window int
+	// Progress, if not nil, is called after each forward pass with the
+	// bytes scored so far and their mean negative log-likelihood.
+	Progress func(scored int64, nll float64)
 }
 
 // Eval scores every byte of r after the first exactly once and returns the
@@ -56,7 +59,7 @@ func (m *Model) Eval(r io.Reader, opt EvalOptions) (EvalResult, error) {
 	if opt.Chunk == 0 {
 		opt.Chunk = DefaultChunk
 	}
-	sc := &scorer{m: m.m, chunk: opt.Chunk, st: m.m.NewState(1)}
+	sc := &scorer{m: m.m, chunk: opt.Chunk, st: m.m.NewState(1), progress: opt.Progress}
 	br := bufio.NewReaderSize(r, 1<<16)
 	var err error
 	switch {
@@ -89,6 +92,8 @@ type scorer struct {
 	ids   []int32
 	tg    []int32
 	nll   []float32
+
+	progress func(scored int64, nll float64)
 }
 
 // run feeds seq (continuing from the current state) and adds the
@@ -117,6 +122,9 @@ func (s *scorer) run(seq []byte, from int) error {
 		}
 		s.sum += sum
 		s.count += int64(count)
+		if s.progress != nil && s.count > 0 {
+			s.progress(s.count, s.sum/float64(s.count))
+		}
 	}
 	return nil
 }

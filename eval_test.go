@@ -56,3 +56,23 @@ func TestEvalModesScoreEveryByteOnce(t *testing.T) {
 		t.Error("a one-byte text was scored")
 	}
 }
+
+func TestEvalProgress(t *testing.T) {
+	m := loadRef(t)
+	text := []byte(strings.Repeat("progress reports ", 20))
+	var calls int
+	var lastScored int64
+	res, err := m.Eval(bytes.NewReader(text), EvalOptions{Chunk: 50, Progress: func(scored int64, nll float64) {
+		calls++
+		if scored <= lastScored || nll <= 0 {
+			t.Errorf("progress went from %d to %d bytes (nll %g)", lastScored, scored, nll)
+		}
+		lastScored = scored
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != (len(text)-1+49)/50 || lastScored != res.Bytes {
+		t.Fatalf("%d progress calls ending at %d bytes; want %d calls ending at %d", calls, lastScored, (len(text)-1+49)/50, res.Bytes)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -164,7 +165,16 @@ func cmdEval(args []string) error {
 		return err
 	}
 	start := time.Now()
-	res, err := m.Eval(r, mambabyte.EvalOptions{Chunk: *chunk, Window: *window, Context: *context})
+	last := start
+	progress := func(scored int64, nll float64) {
+		// A line every 5 s on stderr, for long files.
+		if now := time.Now(); now.Sub(last) >= 5*time.Second {
+			last = now
+			fmt.Fprintf(os.Stderr, "%d bytes scored, %.4f bits/byte so far, %.0f bytes/s\n",
+				scored, nll/math.Ln2, float64(scored)/now.Sub(start).Seconds())
+		}
+	}
+	res, err := m.Eval(r, mambabyte.EvalOptions{Chunk: *chunk, Window: *window, Context: *context, Progress: progress})
 	if err != nil {
 		return fmt.Errorf("%s: %w", *dataPath, err)
 	}

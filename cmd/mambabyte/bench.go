@@ -130,6 +130,9 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
+// benchSink keeps the bandwidth loop's sums alive.
+var benchSink float32
+
 // benchBandwidth reads a 1 GiB array with every worker and returns bytes/s.
 func benchBandwidth(reps int) float64 {
 	x := make([]float32, 1<<28)
@@ -137,7 +140,6 @@ func benchBandwidth(reps int) float64 {
 		x[i] = 1
 	}
 	var times []float64
-	sink := float32(0)
 	for r := 0; r < reps; r++ {
 		start := time.Now()
 		parts := make([]float32, parallel.Workers())
@@ -145,10 +147,7 @@ func benchBandwidth(reps int) float64 {
 			parts[p] = blas.Dot(x[lo:hi], x[lo:hi])
 		})
 		times = append(times, time.Since(start).Seconds())
-		sink += parts[0]
-	}
-	if sink == -1 {
-		fmt.Fprint(os.Stderr, "")
+		benchSink += parts[0]
 	}
 	return float64(4*len(x)) / median(times)
 }

@@ -72,7 +72,9 @@ func (m *Model) NewPass(B, T int, train bool) *Pass {
 			a.ckpt = be.Alloc(B * be.ScanCheckpoints(T) * E * N)
 		}
 	}
-	p.hL = be.Alloc(BT * D)
+	if train {
+		p.hL = be.Alloc(BT * D)
+	}
 	p.nf = be.Alloc(BT * D)
 	p.meanF, p.rstdF = be.Alloc(BT), be.Alloc(BT)
 	p.logits = be.Alloc(BT * V)
@@ -189,11 +191,9 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 		be.Gemm(false, true, BT, D, E, 1, a.g, E, w.outProj, E, 1, out, D)
 		h = out
 	}
-	if !p.train {
-		be.Copy(p.hL, h)
-	}
 	// Final norm and head: logits = Norm_f(h) · W_headᵀ                 (BT,V)
-	be.Norm(p.nf, p.meanF, p.rstdF, p.hL, m.p.normF, m.p.normFB, BT, D, eps, rms)
+	// (In a training pass h is p.hL, which Backward reads.)
+	be.Norm(p.nf, p.meanF, p.rstdF, h, m.p.normF, m.p.normFB, BT, D, eps, rms)
 	be.Gemm(false, true, BT, V, D, 1, p.nf, D, m.p.head, D, 0, p.logits, V)
 	if targets == nil {
 		return 0, 0, nil

@@ -1503,3 +1503,8 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     DskipCols f{dDskip, dy, u, E};
     return colsum(f, B * T, E, 1);
 }
+
+// ---------------------------------------------------------------------------
+// The fused recurrent step.
+
+#include "step.cuh"

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 2
+#define MB_ABI_VERSION 3
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -159,6 +159,32 @@ int mb_scale(float *x, float s, int64_t n);
 /* One AdamW update of n values (see cpu.AdamW). */
 int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
              float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+
+/* The fused recurrent step (step.cuh): one byte for each of B streams
+ * through one residual block, h (B,D) += block(h), updating the block's
+ * conv state (B,K-1,E) and SSM state (B,E,N) in place. K <= 8. The four matrices
+ * are float32 (wtype 0) or bf16 (wtype 1; copies made by mb_to_bf16); the
+ * other parameters are float32, neg_a being A = -exp(A_log) (E,N); norm_b
+ * and conv_b may be NULL. xz (B,2E), xdbl (B,R+2N), u and g (B,E) are
+ * float32 scratch; xw holds B·max(D,E) values of the weight type. */
+typedef struct {
+    const void *in_proj, *x_proj, *dt_proj, *out_proj;
+    const float *dt_proj_f32; /* dt_proj in float32 (the many-stream path) */
+    const float *norm_w, *norm_b, *conv_w, *conv_b, *dt_bias, *neg_a, *dskip;
+    float *h, *conv, *ssm, *xz, *xdbl, *u, *g;
+    void *xw;
+    int64_t B, D, E, N, K, R;
+    float eps;
+    int32_t rms, wtype;
+} mb_step_args;
+int mb_step_block(const mb_step_args *args);
+/* logits (B,V) = Norm(h)·headᵀ, head (V,D) of type wtype; xw scratch as
+ * above. */
+int mb_step_head(float *logits, const float *h, const float *norm_w, const float *norm_b,
+                 const void *head, void *xw, int64_t B, int64_t D, int64_t V, float eps,
+                 int rms, int wtype);
+/* dst (n bf16 values) = src rounded to nearest even. */
+int mb_to_bf16(void *dst, const float *src, int64_t n);
 
 #ifdef __cplusplus
 }

@@ -93,9 +93,14 @@ func cmdBench(args []string) error {
 			if err != nil {
 				return err
 			}
-			wbytes := 4 * float64(decodeCfg.NumParams())
+			// The fused GPU step reads bf16 copies of the weights in bf16 mode.
+			wtype, wsize := "fp32", 4.0
+			if p, ok := be.(interface{ Precision() string }); ok && p.Precision() == "bf16" && os.Getenv("MAMBABYTE_CUDA_FUSED") != "0" {
+				wtype, wsize = "bf16", 2
+			}
+			wbytes := wsize * float64(decodeCfg.NumParams())
 			name := fmt.Sprintf("decode, %d stream(s), D %d L %d (%.0fM)", n, decodeCfg.DModel, decodeCfg.NLayer, float64(decodeCfg.NumParams())/1e6)
-			note := fmt.Sprintf("%.2f ms per step; fp32 weights %.0f MB read at %.1f GB/s", secs*1e3, wbytes/1e6, wbytes/secs/1e9)
+			note := fmt.Sprintf("%.2f ms per step; %s weights %.0f MB read at %.1f GB/s", secs*1e3, wtype, wbytes/1e6, wbytes/secs/1e9)
 			if bw > 0 {
 				note += fmt.Sprintf(" = %.0f%% of measured bandwidth", 100*wbytes/secs/bw)
 			}

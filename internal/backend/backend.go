@@ -97,3 +97,54 @@ type Graph interface {
 	// Free releases the graph; it must not be launched afterwards.
 	Free()
 }
+
+// StepFuser is implemented by backends that run the one-byte recurrent
+// step of a residual block as a few fused operations, where Forward with
+// T = 1 issues a dozen. The model uses it for decoding when present; it
+// computes what Forward computes for one byte per stream (in a bf16 mode
+// the matrices are read as bf16 copies).
+type StepFuser interface {
+	// PrepareStep returns the weights StepBlock and StepHead read, in the
+	// backend's own form. It reads the tensors now; call Refresh on the
+	// result after they change.
+	PrepareStep(layers []StepLayer, head StepHead, shape StepShape) (StepWeights, error)
+	// StepBlock advances layer l by one byte for B streams: h (B,D) +=
+	// block(h), the layer's conv (B,K-1,E) and ssm (B,E,N) states updated
+	// in place, using the scratch s.
+	StepBlock(w StepWeights, l int, h, conv, ssm Tensor, s StepScratch, B int)
+	// StepHead writes logits (B,V) = Norm_f(h)·W_headᵀ.
+	StepHead(w StepWeights, logits, h Tensor, s StepScratch, B int)
+}
+
+// StepLayer is one residual block's parameters for StepFuser, as the
+// model's tensors; NegA is A = -exp(A_log) (E,N). NormB and ConvB may be
+// nil.
+type StepLayer struct {
+	Norm, NormB, InProj, ConvW, ConvB, XProj, DtProj, DtBias, NegA, DSkip, OutProj Tensor
+}
+
+// StepHead is the final norm and the output head (V,D) for StepFuser.
+type StepHead struct {
+	Norm, NormB, W Tensor
+}
+
+// StepShape is the model's dimensions for StepFuser.
+type StepShape struct {
+	D, E, N, K, R, V int
+	Eps              float32
+	RMS              bool
+}
+
+// StepScratch is a fused step's working memory for B streams: XZ (B,2E),
+// XDbl (B,R+2N), U and G (B,E), and XW, B·max(D,E) values.
+type StepScratch struct {
+	XZ, XDbl, U, G, XW Tensor
+}
+
+// StepWeights are a StepFuser's copy of the weights.
+type StepWeights interface {
+	// Refresh re-reads the model's tensors.
+	Refresh()
+	// Free releases the copy; it must not be used afterwards.
+	Free()
+}

@@ -27,6 +27,13 @@ type Model struct {
 	version     uint64
 	negA        backend.Tensor
 	negAVersion uint64
+
+	// The backend's copy of the weights for its fused step
+	// (backend.StepFuser), as of fusedVersion; fusedErr is why there is
+	// none when the backend declined.
+	fused        backend.StepWeights
+	fusedVersion uint64
+	fusedErr     error
 }
 
 // Touch records that the parameters changed outside SetParams (an
@@ -48,6 +55,44 @@ func (m *Model) decay(l int) backend.Tensor {
 		m.negAVersion = m.version
 	}
 	return m.negA.Slice(l*EN, EN)
+}
+
+// stepWeights returns the backend's fused step and its copy of the
+// weights, brought up to date, or nil when the backend has none (or
+// declined to prepare one).
+func (m *Model) stepWeights() (backend.StepFuser, backend.StepWeights) {
+	f, ok := m.BE.(backend.StepFuser)
+	if !ok || m.fusedErr != nil {
+		return nil, nil
+	}
+	m.decay(0) // NegA is current, and allocated
+	if m.fused == nil {
+		c := m.Cfg
+		EN := c.DInner() * c.DState
+		layers := make([]backend.StepLayer, c.NLayer)
+		for l, w := range m.p.layers {
+			layers[l] = backend.StepLayer{
+				Norm: w.norm, NormB: w.normB, InProj: w.inProj, ConvW: w.convW, ConvB: w.convB,
+				XProj: w.xProj, DtProj: w.dtProj, DtBias: w.dtBias, NegA: m.negA.Slice(l*EN, EN),
+				DSkip: w.dskip, OutProj: w.outProj,
+			}
+		}
+		shape := backend.StepShape{
+			D: c.DModel, E: c.DInner(), N: c.DState, K: c.DConv, R: c.Rank(), V: c.VocabSize,
+			Eps: float32(c.NormEps), RMS: c.Norm == RMSNorm,
+		}
+		w, err := f.PrepareStep(layers, backend.StepHead{Norm: m.p.normF, NormB: m.p.normFB, W: m.p.head}, shape)
+		if err != nil {
+			m.fusedErr = err
+			return nil, nil
+		}
+		m.fused, m.fusedVersion = w, m.version
+	}
+	if m.fusedVersion != m.version {
+		m.fused.Refresh()
+		m.fusedVersion = m.version
+	}
+	return f, m.fused
 }
 
 // layerWeights are one layer's tensors (views).

@@ -91,6 +91,9 @@ type Stepper struct {
 	capt    backend.Capturer // nil: run every operation directly
 	graphs  []stepGraph      // most recently used last
 	version uint64           // m.version the graphs were recorded under
+
+	fused   bool                // the backend has a fused step (backend.StepFuser)
+	scratch backend.StepScratch // its working memory
 }
 
 // stepGraph is the recorded step for one State. It holds the State weakly:
@@ -106,6 +109,12 @@ const maxStepGraphs = 4
 // NewStepper returns a Stepper for states of streams streams.
 func (m *Model) NewStepper(streams int) *Stepper {
 	sp := &Stepper{m: m, pass: m.NewPass(streams, 1, false), logits: make([]float32, streams*m.Cfg.VocabSize)}
+	if _, ok := m.BE.(backend.StepFuser); ok {
+		c := m.Cfg
+		a := &sp.pass.acts[0]
+		sp.fused = true
+		sp.scratch = backend.StepScratch{XZ: a.xz, XDbl: a.xdbl, U: a.u, G: a.g, XW: m.BE.Alloc(streams * max(c.DModel, c.DInner()))}
+	}
 	if c, ok := m.BE.(backend.Capturer); ok && c.CaptureEnabled() {
 		sp.capt = c
 		sp.version = m.version
@@ -153,13 +162,38 @@ func (sp *Stepper) Step(st *State, bytes []int32) ([]float32, error) {
 	return sp.logits, nil
 }
 
-// direct runs a step operation by operation.
+// Fused reports whether steps run through the backend's fused step.
+func (sp *Stepper) Fused() bool {
+	if !sp.fused {
+		return false
+	}
+	f, _ := sp.m.stepWeights()
+	return f != nil
+}
+
+// direct runs a step without recording it.
 func (sp *Stepper) direct(st *State, bytes []int32) ([]float32, error) {
-	if _, _, err := sp.pass.Forward(bytes, nil, st, nil, 0); err != nil {
+	if err := sp.run(st, bytes); err != nil {
 		return nil, err
 	}
 	sp.pass.Logits(sp.logits)
 	return sp.logits, nil
+}
+
+// run issues a step: through the fused step when there is one, else as a
+// Forward of one byte per stream.
+func (sp *Stepper) run(st *State, bytes []int32) error {
+	if sp.fused {
+		if f, w := sp.m.stepWeights(); f != nil {
+			if err := sp.check(st, bytes); err != nil {
+				return err
+			}
+			sp.pass.stepFused(f, w, sp.scratch, bytes, st)
+			return nil
+		}
+	}
+	_, _, err := sp.pass.Forward(bytes, nil, st, nil, 0)
+	return err
 }
 
 // check does Forward's checks of a step's inputs for a replay.
@@ -181,10 +215,13 @@ func (sp *Stepper) check(st *State, bytes []int32) error {
 
 // record captures one step of st.
 func (sp *Stepper) record(st *State, bytes []int32) (backend.Graph, error) {
+	if sp.fused {
+		sp.m.stepWeights() // any refresh runs now, not in the recording
+	}
 	if err := sp.capt.BeginCapture(); err != nil {
 		return nil, err
 	}
-	_, _, ferr := sp.pass.Forward(bytes, nil, st, nil, 0)
+	ferr := sp.run(st, bytes)
 	g, err := sp.capt.EndCapture()
 	if ferr != nil {
 		if g != nil {

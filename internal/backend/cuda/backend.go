@@ -26,6 +26,10 @@
 // hundreds of small launches otherwise). MAMBABYTE_CUDA_GRAPHS=0 makes
 // CaptureEnabled report false, so callers run every operation directly.
 //
+// The backend implements backend.StepFuser (the decode step in four
+// kernels per block; step.go). MAMBABYTE_CUDA_FUSED=0 makes PrepareStep
+// decline, so the model steps with the general operations.
+//
 // Precision "fp32" computes everything in float32. "bf16" runs the GEMMs on
 // bf16 tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF: operands rounded
 // to bf16, float32 accumulation, float32 storage); the other kernels stay
@@ -61,6 +65,7 @@ type Backend struct {
 	l         *lib
 	mode      int32 // GEMM mode: 0 fp32, 1 bf16
 	precision string
+	noFused   bool // MAMBABYTE_CUDA_FUSED=0: no fused step
 
 	// Device buffers that Go no longer references. Cleanups run on a
 	// goroutine of their own, and the library takes one caller at a time,
@@ -113,7 +118,7 @@ var (
 // New loads the kernel library, sets up the device and returns a backend.
 // The error wraps ErrUnavailable when this machine cannot run it.
 func New(opts Options) (*Backend, error) {
-	be := &Backend{precision: opts.Precision}
+	be := &Backend{precision: opts.Precision, noFused: os.Getenv("MAMBABYTE_CUDA_FUSED") == "0"}
 	switch opts.Precision {
 	case "", "fp32":
 		be.precision = "fp32"

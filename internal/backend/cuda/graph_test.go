@@ -45,7 +45,8 @@ func TestGemmFewRows(t *testing.T) {
 }
 
 // The Stepper replaying CUDA graphs gives the logits of the Stepper running
-// each operation (MAMBABYTE_CUDA_GRAPHS=0) and of the CPU, over 50 steps
+// each operation (MAMBABYTE_CUDA_GRAPHS=0) exactly, and in fp32 those of
+// the CPU, over 50 steps
 // that alternate two States, restore a snapshot with CopyFrom, step a
 // Clone, go through more States than the Stepper keeps recordings for, and
 // change the parameters half way.
@@ -133,7 +134,10 @@ func stepperGraphs(t *testing.T, prec precision, cfg model.Config, B int) {
 			s.logits = append(s.logits[:0], l...)
 		}
 		what := fmt.Sprintf("step %d", step)
-		checkVec(t, what+": graphs vs CPU", "stepper graphs vs CPU "+prec.name, sides[graphSide].logits, sides[cpuSide].logits, prec.tol)
+		if prec.name == "fp32" {
+			// bf16: TestFusedStep holds the step to the CPU.
+			checkVec(t, what+": graphs vs CPU", "stepper graphs vs CPU "+prec.name, sides[graphSide].logits, sides[cpuSide].logits, prec.tol)
+		}
 		checkVec(t, what+": graphs vs direct", "stepper graphs vs direct "+prec.name, sides[graphSide].logits, sides[directSide].logits, prec.tol)
 		if t.Failed() {
 			return

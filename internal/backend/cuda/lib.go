@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 2
+const abiVersion = 3
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -72,6 +72,22 @@ type lib struct {
 	sumSquares   func(x uintptr, n int64, out *float64) int32
 	scale        func(x uintptr, s float32, n int64) int32
 	adamW        func(param, grad, m, v uintptr, n int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
+
+	stepBlock func(a *stepArgs) int32
+	stepHead  func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
+	toBF16    func(dst, src uintptr, n int64) int32
+}
+
+// stepArgs is mb_step_args (same field order and sizes).
+type stepArgs struct {
+	inProj, xProj, dtProj, outProj                  uintptr
+	dtProj32                                        uintptr
+	normW, normB, convW, convB, dtBias, negA, dskip uintptr
+	h, conv, ssm, xz, xdbl, u, g                    uintptr
+	xw                                              uintptr
+	B, D, E, N, K, R                                int64
+	eps                                             float32
+	rms, wtype                                      int32
 }
 
 // scanDims is mb_scan_dims.
@@ -168,6 +184,9 @@ func openLib() (l *lib, err error) {
 	reg(&l.graphFree, "mb_graph_free")
 	reg(&l.stageIDs, "mb_stage_ids")
 	reg(&l.gemm, "mb_gemm")
+	reg(&l.stepBlock, "mb_step_block")
+	reg(&l.stepHead, "mb_step_head")
+	reg(&l.toBF16, "mb_to_bf16")
 	reg(&l.embedFwd, "mb_embed_fwd")
 	reg(&l.embedFwdStaged, "mb_embed_fwd_staged")
 	reg(&l.embedBwd, "mb_embed_bwd")

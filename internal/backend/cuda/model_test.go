@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
@@ -71,7 +72,13 @@ func twins(t *testing.T, cfg model.Config, g backend.Backend, seed uint64, pertu
 	cm.Init(seed)
 	r := rand.New(rand.NewPCG(seed, 99))
 	p := cm.ParamsHost()
-	for name, v := range p {
+	names := make([]string, 0, len(p))
+	for name := range p {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the same draws for the same tensors every run
+	for _, name := range names {
+		v := p[name]
 		for i := range v {
 			switch {
 			case perturb == 0:
@@ -93,6 +100,33 @@ func twins(t *testing.T, cfg model.Config, g backend.Backend, seed uint64, pertu
 		t.Fatal(err)
 	}
 	return cm, gm
+}
+
+// roundMatrices returns p with the tensors that the fused step reads as bf16
+// copies in bf16 mode (the four projections of every layer and the head,
+// which is the embedding in a tied model) rounded to bf16, the reference
+// for that path on weights far off their initialisation, where rounding the
+// weights alone moves the logits by several percent.
+func roundMatrices(p map[string][]float32) map[string][]float32 {
+	out := make(map[string][]float32, len(p))
+	_, untied := p[model.NameHead]
+	for name, v := range p {
+		w := append([]float32(nil), v...)
+		if strings.HasSuffix(name, "_proj.weight") || name == model.NameHead || (name == model.NameEmbed && !untied) {
+			for i, x := range w {
+				w[i] = bf16Round(x)
+			}
+		}
+		out[name] = w
+	}
+	return out
+}
+
+// bf16Round rounds x to the nearest bf16 value, ties to even (finite x).
+func bf16Round(x float32) float32 {
+	b := math.Float32bits(x)
+	b += 0x7fff + (b>>16)&1
+	return math.Float32frombits(b &^ 0xffff)
 }
 
 func nextTargets(ids []int32, B, T int) []int32 {

@@ -699,6 +699,26 @@ extern "C" int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_hos
 // ---------------------------------------------------------------------------
 // LayerNorm / RMSNorm: one warp per row (8 rows per block of 256).
 
+// warp_norm_stats gives every lane of a warp the mean (0 for RMSNorm) and
+// the reciprocal standard deviation of the row x (D values).
+__device__ __forceinline__ void warp_norm_stats(const float *x, int64_t D, float eps, int rms,
+                                                int lane, float *mu_out, float *rs_out) {
+    float mu = 0.f;
+    if (!rms) {
+        float s = 0.f;
+        for (int64_t i = lane; i < D; i += 32) s += x[i];
+        mu = warp_sum(s) / (float)D;
+    }
+    float ss = 0.f;
+    for (int64_t i = lane; i < D; i += 32) {
+        float d = x[i] - mu;
+        ss += d * d;
+    }
+    ss = warp_sum(ss);
+    *mu_out = mu;
+    *rs_out = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
+}
+
 __global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int64_t rows, int64_t D, float eps, int rms) {
     int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -706,19 +726,8 @@ __global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x,
     if (r >= rows) return;  // the whole warp leaves together
     const float *xr = x + r * D;
     float *orow = out + r * D;
-    float mu = 0.f;
-    if (!rms) {
-        float s = 0.f;
-        for (int64_t i = lane; i < D; i += 32) s += xr[i];
-        mu = warp_sum(s) / (float)D;
-    }
-    float ss = 0.f;
-    for (int64_t i = lane; i < D; i += 32) {
-        float d = xr[i] - mu;
-        ss += d * d;
-    }
-    ss = warp_sum(ss);
-    float rs = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
+    float mu, rs;
+    warp_norm_stats(xr, D, eps, rms, lane, &mu, &rs);
     if (rms) {
         for (int64_t i = lane; i < D; i += 32) orow[i] = xr[i] * rs * w[i];
     } else {

@@ -50,7 +50,6 @@ struct Wv<float> {
         o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
     }
     __device__ static __forceinline__ float one(const float *p) { return __ldg(p); }
-    __device__ static __forceinline__ float from(float x) { return x; }
 };
 
 template <>
@@ -192,23 +191,9 @@ __device__ __forceinline__ void norm_tile(float *xs, int ldx, int nb, const floa
     __shared__ float mu_[SB], rs_[SB];
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int s = wid; s < nb; s += nw) {
-        const float *xr = xs + s * ldx;
-        float mu = 0.f;
-        if (!rms) {
-            float t = 0.f;
-            for (int64_t c = lane; c < D; c += 32) t += xr[c];
-            mu = warp_sum(t) / (float)D;
-        }
-        float ss = 0.f;
-        for (int64_t c = lane; c < D; c += 32) {
-            float d = xr[c] - mu;
-            ss += d * d;
-        }
-        ss = warp_sum(ss);
-        if (lane == 0) {
-            mu_[s] = mu;
-            rs_[s] = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
-        }
+        float mu, rs;
+        warp_norm_stats(xs + s * ldx, D, eps, rms, lane, &mu, &rs);
+        if (lane == 0) mu_[s] = mu, rs_[s] = rs;
     }
     __syncthreads();
     for (int s = 0; s < nb; s++) {
@@ -334,11 +319,9 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 
 // 3. The scan step, a warp per channel (b, e): the lanes split the dt rank
 // terms and the states, every load issued before the sums that need them.
-// gw, if not NULL, also receives g in the weight type (the operand of the
-// cuBLAS out_proj).
 template <typename W>
 __global__ void __launch_bounds__(kStepThreads)
-    k_step_scan(float *g, W *gw, float *ssm, const float *xz, const float *xdbl, int64_t ldbc,
+    k_step_scan(float *g, float *ssm, const float *xz, const float *xdbl, int64_t ldbc,
                 const float *u, const W *wdt, const float *dtb, const float *A,
                 const float *dskip, int64_t E, int N, int R, int B) {
     int64_t idx = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -379,7 +362,6 @@ __global__ void __launch_bounds__(kStepThreads)
     float y = yp + dskip[e] * uu;
     float out = y * silu_(zz);
     g[idx] = out;
-    if (gw) put(gw + idx, out);
 }
 
 // The scan step of the cuBLAS path, a thread per channel: g holds the
@@ -456,14 +438,15 @@ __global__ void k_step_conv_op(W *xw, float *u, const float *xz, float *conv, co
 
 static int g_step_sms = 0;
 
-// step_geometry picks the stream tile SB (1, 2, 4 or 8, the smallest that
-// holds B, or what the shared memory allows) for vectors of cols values and
-// the number of blocks along the rows.
+// step_geometry picks the stream tile SB (1, 2, 4 or 8: the smallest that
+// holds B, at most kStepGemvMaxB, or what the shared memory allows) for
+// vectors of cols values and the number of blocks along the rows.
 static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid, size_t *smem) {
     if (!g_step_sms) CK(cudaDeviceGetAttribute(&g_step_sms, cudaDevAttrMultiProcessorCount, g_device));
     size_t row = (size_t)((cols + 3) & ~3) * sizeof(float);
     int sb = 1;
-    while (sb < 8 && sb < B && (size_t)(2 * sb) * row <= kStepTileBytes) sb *= 2;
+    while (sb < 8 && sb < kStepGemvMaxB && sb < B && (size_t)(2 * sb) * row <= kStepTileBytes)
+        sb *= 2;
     if ((size_t)sb * row > kStepTileBytes) {
         set_err("step: a vector of %lld values does not fit shared memory", (long long)cols);
         return 1;
@@ -512,82 +495,61 @@ static bool aligned_rows(const W *w, int64_t cols) {
     return (uintptr_t)w % 16 == 0 && cols % Wv<W>::n == 0;
 }
 
-#define STEP_DISPATCH(SB, CALL)                                                        \
-    switch (SB) {                                                                      \
-    case 1: CALL(1); break;                                                            \
-    case 2: CALL(2); break;                                                            \
-    case 4: CALL(4); break;                                                            \
-    default: CALL(8); break;                                                           \
-    }
+// Tile names a stream tile size for a kernel template.
+template <int S>
+struct Tile {
+    static constexpr int value = S;
+};
 
-template <typename W>
-static int step_in(const mb_step_args *a, const W *w) {
+// launch_rows launches the row kernel pick(Tile<SB>{}) (a matrix-vector
+// kernel of the step) with the geometry step_geometry picks for vectors of
+// cols values and rows weight rows, passing it args.
+template <class Pick, class... Args>
+static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, Args... args) {
     int SB;
     dim3 grid;
     size_t smem;
-    int B = (int)a->B;
-    if (step_geometry(a->D, 2 * a->E, B, &SB, &grid, &smem)) return 1;
-    bool vec = aligned_rows(w, a->D);
-#define CALL(S)                                                                        \
-    if (allow_smem(k_step_in<W, S>, smem)) return 1;                                   \
-    if (launch_pdl(k_step_in<W, S>, grid, smem, a->xz, a->u, a->conv, a->h, a->norm_w,  \
-                   a->norm_b, a->eps, a->rms, a->conv_w, a->conv_b, w, a->D, a->E,     \
-                   (int)a->K, B, vec))                                                  \
-        return 1
-    STEP_DISPATCH(SB, CALL)
-#undef CALL
-    LAUNCHED();
-    return 0;
+    if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
+    auto go = [&](auto tile) -> int {
+        auto kernel = pick(tile);
+        if (allow_smem(kernel, smem)) return 1;
+        if (launch_pdl(kernel, grid, smem, args...)) return 1;
+        LAUNCHED();
+        return 0;
+    };
+    switch (SB) {
+    case 1: return go(Tile<1>{});
+    case 2: return go(Tile<2>{});
+    case 4: return go(Tile<4>{});
+    default: return go(Tile<8>{});
+    }
+}
+
+template <typename W>
+static int step_in(const mb_step_args *a, const W *w) {
+    return launch_rows([](auto t) { return k_step_in<W, decltype(t)::value>; }, a->D, 2 * a->E,
+                       (int)a->B, a->xz, a->u, a->conv, a->h, a->norm_w, a->norm_b, a->eps,
+                       a->rms, a->conv_w, a->conv_b, w, a->D, a->E, (int)a->K, (int)a->B,
+                       aligned_rows(w, a->D));
 }
 
 template <typename W>
 static int step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                      int rms, const W *w, int64_t D, int64_t V, int B) {
-    int SB;
-    dim3 grid;
-    size_t smem;
-    if (step_geometry(D, V, B, &SB, &grid, &smem)) return 1;
-    bool vec = aligned_rows(w, D);
-#define CALL(S)                                                                        \
-    if (allow_smem(k_step_head<W, S>, smem)) return 1;                                 \
-    if (launch_pdl(k_step_head<W, S>, grid, smem, logits, h, nw, nb, eps, rms, w, D, V, B, vec)) \
-        return 1
-    STEP_DISPATCH(SB, CALL)
-#undef CALL
-    LAUNCHED();
-    return 0;
+    return launch_rows([](auto t) { return k_step_head<W, decltype(t)::value>; }, D, V, B,
+                       logits, h, nw, nb, eps, rms, w, D, V, B, aligned_rows(w, D));
 }
 
 template <typename W>
 static int step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B) {
-    int SB;
-    dim3 grid;
-    size_t smem;
-    if (step_geometry(E, rows, B, &SB, &grid, &smem)) return 1;
-    bool vec = aligned_rows(w, E);
-#define CALL(S)                                                                        \
-    if (allow_smem(k_step_x<W, S>, smem)) return 1;                                    \
-    if (launch_pdl(k_step_x<W, S>, grid, smem, xdbl, u, w, rows, E, B, vec)) return 1
-    STEP_DISPATCH(SB, CALL)
-#undef CALL
-    LAUNCHED();
-    return 0;
+    return launch_rows([](auto t) { return k_step_x<W, decltype(t)::value>; }, E, rows, B, xdbl,
+                       u, w, rows, E, B, aligned_rows(w, E));
 }
 
 template <typename W>
 static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B) {
-    int SB;
-    dim3 grid;
-    size_t smem;
-    if (step_geometry(E, D, B, &SB, &grid, &smem)) return 1;
-    bool vec = aligned_rows(w, E);
-#define CALL(S)                                                                        \
-    if (allow_smem(k_step_out<W, S>, smem)) return 1;                                  \
-    if (launch_pdl(k_step_out<W, S>, grid, smem, h, g, w, D, E, B, vec)) return 1
-    STEP_DISPATCH(SB, CALL)
-#undef CALL
-    LAUNCHED();
-    return 0;
+    return launch_rows([](auto t) { return k_step_out<W, decltype(t)::value>; }, E, D, B, h, g,
+                       w, D, E, B, aligned_rows(w, E));
 }
 
 template <typename W>
@@ -636,7 +598,7 @@ static int step_block(const mb_step_args *a) {
         if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
         int64_t threads = 32 * B * E;
         dim3 grid((unsigned)((threads + kStepThreads - 1) / kStepThreads));
-        if (launch_pdl(k_step_scan<W>, grid, 0, a->g, (W *)nullptr, a->ssm, a->xz, a->xdbl, ldbc,
+        if (launch_pdl(k_step_scan<W>, grid, 0, a->g, a->ssm, a->xz, a->xdbl, ldbc,
                        a->u, wdt, a->dt_bias, a->neg_a, a->dskip, E, (int)N, (int)R, (int)B))
             return 1;
         LAUNCHED();

@@ -462,14 +462,6 @@ static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid,
     return 0;
 }
 
-// allow_smem raises a kernel's dynamic shared memory limit past the default
-// 48 KiB (once per kernel; before any capture, as the first step is direct).
-template <class F>
-static int allow_smem(F kernel, size_t smem) {
-    if (smem > (48u << 10)) CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    return 0;
-}
-
 // launch_pdl launches kernel on the library's stream with programmatic
 // stream serialization, so that it may start (and prefetch its weights)
 // while the kernel before it runs; the kernel calls pdl_wait before it

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -35,6 +36,7 @@ func cmdBench(args []string) error {
 	streams := fs.String("streams", "1", "decode batch sizes, comma-separated")
 	batch := fs.Int("batch", 4, "train: windows per step")
 	seqLen := fs.Int("seq-len", 1024, "train: bytes per window")
+	profile := fs.Bool("profile", false, "train: after the timed steps, time one step operation by operation (GPU) and print the table on stderr")
 	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -108,7 +110,7 @@ func cmdBench(args []string) error {
 		}
 	}
 	if want("train") {
-		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2))
+		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2), *profile)
 		if err != nil {
 			return err
 		}
@@ -213,7 +215,7 @@ func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float
 
 // benchTrain returns the median seconds of a full training step
 // (forward and backward).
-func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int) (float64, error) {
+func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, profile bool) (float64, error) {
 	m, err := model.New(cfg, be)
 	if err != nil {
 		return 0, err
@@ -228,21 +230,35 @@ func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int) (float64, 
 		ids[i] = int32(r.IntN(256))
 		tg[i] = int32(r.IntN(256))
 	}
+	step := func() error {
+		m.ZeroGrads()
+		if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(B*T)); err != nil {
+			return err
+		}
+		return pass.Backward()
+	}
 	var times []float64
 	for i := 0; i < reps+1; i++ {
 		syncBackend(be)
 		start := time.Now()
-		m.ZeroGrads()
-		if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(B*T)); err != nil {
-			return 0, err
-		}
-		if err := pass.Backward(); err != nil {
+		if err := step(); err != nil {
 			return 0, err
 		}
 		syncBackend(be)
 		if i > 0 {
 			times = append(times, time.Since(start).Seconds())
 		}
+	}
+	if prof, ok := be.(interface {
+		ProfileStart()
+		ProfileStop(io.Writer)
+	}); ok && profile {
+		prof.ProfileStart()
+		if err := step(); err != nil {
+			return 0, err
+		}
+		fmt.Fprintf(os.Stderr, "bench: one training step, B %d, T %d, operation by operation:\n", B, T)
+		prof.ProfileStop(os.Stderr)
 	}
 	return median(times), nil
 }

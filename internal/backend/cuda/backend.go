@@ -277,7 +277,11 @@ func (be *Backend) Copy(dst, src backend.Tensor) {
 }
 
 func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backend.Tensor, lda int, b backend.Tensor, ldb int, beta float32, c backend.Tensor, ldc int) {
-	be.l.check("gemm", be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, ptr(a), i64(lda), ptr(b), i64(ldb), beta, ptr(c), i64(ldc), be.mode))
+	op := "gemm"
+	if be.l.prof != nil {
+		op = gemmName(transA, transB, m, n, k)
+	}
+	be.l.check(op, be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, ptr(a), i64(lda), ptr(b), i64(ldb), beta, ptr(c), i64(ldc), be.mode))
 	keep(a, b, c)
 }
 

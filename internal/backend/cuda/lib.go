@@ -24,6 +24,8 @@ type lib struct {
 	// capturing is set between graphBegin and graphEnd (the library's one
 	// stream is being recorded).
 	capturing bool
+	// prof, when not nil, times each operation (profile.go).
+	prof *profiler
 
 	abiVersion func() int32
 	init       func(device, sync int32) int32
@@ -244,5 +246,8 @@ func (l *lib) setup(device int, syncEach bool) error {
 func (l *lib) check(op string, rc int32) {
 	if rc != 0 {
 		panic(fmt.Sprintf("cuda: %s: %s", op, l.lastError()))
+	}
+	if l.prof != nil && !l.capturing {
+		l.record(op)
 	}
 }

@@ -419,6 +419,15 @@ extern "C" int mb_memset(void *dst, int value, int64_t bytes) {
     return 0;
 }
 
+extern "C" int mb_mem_info(int64_t *free_host, int64_t *total_host) {
+    ENTER();
+    size_t f = 0, t = 0;
+    CK(cudaMemGetInfo(&f, &t));
+    *free_host = (int64_t)f;
+    *total_host = (int64_t)t;
+    return 0;
+}
+
 extern "C" int mb_sync(void) {
     ENTER();
     NOT_CAPTURING();

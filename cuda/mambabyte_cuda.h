@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 3
+#define MB_ABI_VERSION 4
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -56,6 +56,9 @@ int mb_memcpy_d2h(void *dst_host, const void *src, int64_t bytes);
 int mb_memcpy_d2d(void *dst, const void *src, int64_t bytes);
 int mb_memset(void *dst, int value, int64_t bytes);
 int mb_sync(void);
+/* Device memory: *free_host and *total_host bytes (cudaMemGetInfo; every
+ * process on the device counts). */
+int mb_mem_info(int64_t *free_host, int64_t *total_host);
 
 /* CUDA graphs. mb_graph_begin starts recording the library's stream;
  * mb_graph_end stops and returns an executable graph in *exec_out (its

@@ -17,6 +17,7 @@ import (
 	"github.com/mambabyte/mambabyte/internal/blas"
 	"github.com/mambabyte/mambabyte/internal/model"
 	"github.com/mambabyte/mambabyte/internal/parallel"
+	"github.com/mambabyte/mambabyte/internal/train"
 )
 
 // benchResult is one measured figure.
@@ -36,6 +37,7 @@ func cmdBench(args []string) error {
 	streams := fs.String("streams", "1", "decode batch sizes, comma-separated")
 	batch := fs.Int("batch", 4, "train: windows per step")
 	seqLen := fs.Int("seq-len", 1024, "train: bytes per window")
+	recompute := fs.Bool("recompute", false, "train: recompute each layer's activations in the backward pass (train --recompute)")
 	profile := fs.Bool("profile", false, "train: after the timed steps, time one step operation by operation (GPU) and print the table on stderr")
 	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
@@ -110,13 +112,23 @@ func cmdBench(args []string) error {
 		}
 	}
 	if want("train") {
-		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2), *profile)
+		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2), *recompute, *profile)
 		if err != nil {
 			return err
 		}
 		flops := 6 * float64(trainCfg.NumParams()) * float64(*batch**seqLen)
-		add(benchResult{fmt.Sprintf("train step, D %d L %d (%.0fM), B %d, T %d", trainCfg.DModel, trainCfg.NLayer, float64(trainCfg.NumParams())/1e6, *batch, *seqLen),
-			float64(*batch**seqLen) / secs, "bytes/s", fmt.Sprintf("forward + backward; %.0f ms; %.1f TFLOP/s by 6·params·bytes", secs*1e3, flops/secs/1e12)})
+		name := fmt.Sprintf("train step, D %d L %d (%.0fM), B %d, T %d", trainCfg.DModel, trainCfg.NLayer, float64(trainCfg.NumParams())/1e6, *batch, *seqLen)
+		if *recompute {
+			name += ", recompute"
+		}
+		note := fmt.Sprintf("forward, backward, AdamW; %.0f ms; %.1f TFLOP/s by 6·params·bytes", secs*1e3, flops/secs/1e12)
+		if mi, ok := be.(interface{ MemInfo() (int64, int64) }); ok {
+			// Everything stays allocated after a step (the pass, the
+			// gradients, the grown workspaces), so this is the peak.
+			used, _ := mi.MemInfo()
+			note += fmt.Sprintf("; device memory in use %.1f GB", float64(used)/1e9)
+		}
+		add(benchResult{name, float64(*batch**seqLen) / secs, "bytes/s", note})
 	}
 	if *asJSON {
 		return json.NewEncoder(os.Stdout).Encode(results)
@@ -214,15 +226,20 @@ func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float
 }
 
 // benchTrain returns the median seconds of a full training step
-// (forward and backward).
-func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, profile bool) (float64, error) {
+// (forward, backward, gradient clipping and the AdamW update).
+func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, recompute, profile bool) (float64, error) {
 	m, err := model.New(cfg, be)
 	if err != nil {
 		return 0, err
 	}
 	m.Init(1)
 	m.AllocGrads()
-	pass := m.NewPass(B, T, true)
+	var pass *model.Pass
+	if recompute {
+		pass = m.NewRecomputePass(B, T)
+	} else {
+		pass = m.NewPass(B, T, true)
+	}
 	r := rand.New(rand.NewPCG(3, 4))
 	ids := make([]int32, B*T)
 	tg := make([]int32, B*T)
@@ -230,12 +247,22 @@ func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, profile bo
 		ids[i] = int32(r.IntN(256))
 		tg[i] = int32(r.IntN(256))
 	}
+	// A whole optimizer step, as train runs it (a tiny learning rate keeps
+	// the repeated steps alike).
+	opt := train.NewAdamW(m, 0.9, 0.95, 1e-8, 0.1)
+	n := 0
 	step := func() error {
 		m.ZeroGrads()
 		if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(B*T)); err != nil {
 			return err
 		}
-		return pass.Backward()
+		if err := pass.Backward(); err != nil {
+			return err
+		}
+		train.ClipGradNorm(m, 1)
+		n++
+		opt.Step(m, n, 1e-7)
+		return nil
 	}
 	var times []float64
 	for i := 0; i < reps+1; i++ {

@@ -89,6 +89,7 @@ func cmdTrain(args []string) error {
 	logEvery := fs.Int("log-every", d.LogEvery, "steps between metrics lines")
 	ckptEvery := fs.Int("ckpt-every", d.CkptEvery, "steps between checkpoints")
 	keep := fs.Int("keep", d.Keep, "checkpoints kept (0: all)")
+	recompute := fs.Bool("recompute", false, "keep only each layer's input for the backward pass and recompute the rest (about 1/3 more work, a fraction of the memory; a resumed run may change it)")
 	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -136,6 +137,7 @@ func cmdTrain(args []string) error {
 	}
 	opt.WeightDecay, opt.Clip, opt.Seed = *wd, *clip, *seed
 	opt.ValEvery, opt.LogEvery, opt.CkptEvery, opt.Keep = *valEvery, *logEvery, *ckptEvery, *keep
+	opt.Recompute = *recompute
 	if opt.Warmup >= opt.Steps && !set["warmup"] {
 		opt.Warmup = opt.Steps / 10
 	}
@@ -174,6 +176,9 @@ func cmdTrain(args []string) error {
 		}
 		if set["keep"] {
 			saved.Keep = opt.Keep
+		}
+		if set["recompute"] {
+			saved.Recompute = opt.Recompute
 		}
 		if step >= saved.Steps {
 			return fmt.Errorf("the run in %s already finished %d of %d steps; raise --steps to train further", *out, step, saved.Steps)

@@ -318,3 +318,42 @@ func TestNoDecayAndRuns(t *testing.T) {
 		t.Fatalf("runs cover %d values, model has %d", total, m.Cfg.NumParams())
 	}
 }
+
+// A recomputing training pass gives the loss and gradients of the ordinary
+// one, bit for bit on the CPU (the same operations run in the same order),
+// and a second step with the same pass repeats them.
+func TestRecomputePassMatches(t *testing.T) {
+	for name, cfg := range testConfigs() {
+		t.Run(name, func(t *testing.T) {
+			m := perturbed(t, cfg, 11)
+			r := rand.New(rand.NewPCG(5, 5))
+			B, T := 2, 70 // more than one scan checkpoint chunk
+			ids := randomBytes(r, B*T, cfg.VocabSize)
+			tg := nextTargets(ids, B, T)
+			run := func(p *model.Pass) (float64, map[string][]float32) {
+				m.ZeroGrads()
+				sum, _, err := p.Forward(ids, tg, nil, nil, 1/float32(B*T))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				return sum, m.GradsHost()
+			}
+			wantLoss, want := run(m.NewPass(B, T, true))
+			rp := m.NewRecomputePass(B, T)
+			for round := 0; round < 2; round++ {
+				loss, got := run(rp)
+				if loss != wantLoss {
+					t.Fatalf("round %d: loss %v, want %v", round, loss, wantLoss)
+				}
+				for _, spec := range m.Specs() {
+					if d := relDiff(got[spec.Name], want[spec.Name]); d != 0 {
+						t.Errorf("round %d: %s: gradient differs by %.3g relative", round, spec.Name, d)
+					}
+				}
+			}
+		})
+	}
+}

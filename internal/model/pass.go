@@ -11,9 +11,14 @@ import (
 // reuses one layer's buffers for all layers. A Pass is reused across calls
 // with the same B and T; it is not safe for concurrent use.
 type Pass struct {
-	m     *Model
-	B, T  int
-	train bool
+	m         *Model
+	B, T      int
+	train     bool
+	recompute bool
+
+	// hin holds each layer's input in a recomputing training pass (its
+	// one layerActs is refilled per layer in Backward).
+	hin []backend.Tensor
 
 	ids     []int32
 	targets []int32
@@ -47,19 +52,39 @@ type layerActs struct {
 
 // NewPass allocates activations for batches of B sequences of T bytes.
 // A training pass can run Backward.
-func (m *Model) NewPass(B, T int, train bool) *Pass {
+func (m *Model) NewPass(B, T int, train bool) *Pass { return m.newPass(B, T, train, false) }
+
+// NewRecomputePass allocates a training pass that keeps only each layer's
+// input from Forward to Backward and runs each layer's forward again, up
+// to its output projection, just before that layer's backward: about a
+// third more work for a small fraction of the activation memory (every
+// layer's activations otherwise stay allocated together). The gradients
+// are those of NewPass.
+func (m *Model) NewRecomputePass(B, T int) *Pass { return m.newPass(B, T, true, true) }
+
+func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	c := m.Cfg
 	be := m.BE
 	BT, D, E, N, R, V := B*T, c.DModel, c.DInner(), c.DState, c.Rank(), c.VocabSize
-	p := &Pass{m: m, B: B, T: T, train: train}
+	p := &Pass{m: m, B: B, T: T, train: train, recompute: recompute}
 	nl := 1
-	if train {
+	if train && !recompute {
 		nl = c.NLayer
+	}
+	if recompute {
+		p.hin = make([]backend.Tensor, c.NLayer)
+		for l := range p.hin {
+			p.hin[l] = be.Alloc(BT * D)
+		}
 	}
 	p.acts = make([]layerActs, nl)
 	for i := range p.acts {
 		a := &p.acts[i]
-		a.hIn = be.Alloc(BT * D)
+		if recompute {
+			a.hIn = p.hin[0]
+		} else {
+			a.hIn = be.Alloc(BT * D)
+		}
 		a.nrm = be.Alloc(BT * D)
 		a.mean, a.rstd = be.Alloc(BT), be.Alloc(BT)
 		a.xz = be.Alloc(BT * 2 * E)
@@ -103,7 +128,7 @@ func (m *Model) NewPass(B, T int, train bool) *Pass {
 func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale float32) (sum float64, count int, err error) {
 	m, be, c := p.m, p.m.BE, p.m.Cfg
 	B, T := p.B, p.T
-	BT, D, E, N, K, R, V := B*T, c.DModel, c.DInner(), c.DState, c.DConv, c.Rank(), c.VocabSize
+	BT, D, E, V := B*T, c.DModel, c.DInner(), c.VocabSize
 	if len(ids) != BT {
 		return 0, 0, fmt.Errorf("forward: %d ids for a (%d,%d) batch", len(ids), B, T)
 	}
@@ -141,42 +166,13 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 	p.grad = false
 	rms := c.Norm == RMSNorm
 	eps := float32(c.NormEps)
-	ldbc := R + 2*N
 
-	h := p.acts[0].hIn
+	h := p.layerIn(0)
 	be.Embed(h, ids, m.p.embed, BT, D)
 	for l := 0; l < c.NLayer; l++ {
-		a := &p.acts[l%len(p.acts)]
+		a := p.layerActs(l)
 		w := &m.p.layers[l]
-		// 1. Pre-norm: nrm = Norm(h)                                   (BT,D)
-		be.Norm(a.nrm, a.mean, a.rstd, h, w.norm, w.normB, BT, D, eps, rms)
-		// 2. [xi, z] = nrm · W_inᵀ                                     (BT,2E)
-		be.Gemm(false, true, BT, 2*E, D, 1, a.nrm, D, w.inProj, D, 0, a.xz, 2*E)
-		// 3. u = silu(causal depthwise conv(xi))                       (BT,E)
-		var prev backend.Tensor
-		if st != nil {
-			prev = st.conv[l]
-		}
-		be.Conv(a.u, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
-		if st != nil {
-			be.ConvState(st.conv[l], st.conv[l], a.xz, 2*E, B, T, E, K)
-		}
-		// 4. [r, Bt, Ct] = u · W_xᵀ                                    (BT,R+2N)
-		be.Gemm(false, true, BT, ldbc, E, 1, a.u, E, w.xProj, E, 0, a.xdbl, ldbc)
-		// 5. Δ = softplus(r · W_dtᵀ + b_dt)                            (BT,E)
-		be.Gemm(false, true, BT, E, R, 1, a.xdbl, ldbc, w.dtProj, R, 0, a.raw, E)
-		be.Dt(a.delta, a.raw, w.dtBias, BT, E)
-		// 6. y = selective scan + D·u                                  (BT,E)
-		var s backend.Tensor
-		if st != nil {
-			s = st.ssm[l]
-		}
-		bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
-		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
-		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
-		// 7. g = y ⊙ silu(z)                                           (BT,E)
-		z := a.xz.Slice(E, a.xz.Len()-E)
-		be.Gate(a.g, a.y, z, 2*E, BT, E)
+		p.layerForward(l, a, st)
 		// 8. h = h + g · W_outᵀ                                        (BT,D)
 		// A training pass keeps each layer's input, so the sum goes to the
 		// next layer's buffer; inference adds in place.
@@ -184,7 +180,7 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 		if p.train {
 			out = p.hL
 			if l+1 < c.NLayer {
-				out = p.acts[l+1].hIn
+				out = p.layerIn(l + 1)
 			}
 			be.Copy(out, h)
 		}
@@ -213,6 +209,63 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 		be.Download(nll, nllT)
 	}
 	return sum, count, nil
+}
+
+// layerIn is the residual stream entering layer l (an inference pass has
+// one buffer for all layers).
+func (p *Pass) layerIn(l int) backend.Tensor {
+	if p.recompute {
+		return p.hin[l]
+	}
+	return p.acts[l%len(p.acts)].hIn
+}
+
+// layerActs is where layer l's activations go, its input in place.
+func (p *Pass) layerActs(l int) *layerActs {
+	a := &p.acts[l%len(p.acts)]
+	if p.recompute {
+		a.hIn = p.hin[l]
+	}
+	return a
+}
+
+// layerForward runs layer l up to its output projection from a.hIn,
+// filling a; with st it starts from and updates the layer's state.
+func (p *Pass) layerForward(l int, a *layerActs, st *State) {
+	m, be, c := p.m, p.m.BE, p.m.Cfg
+	B, T := p.B, p.T
+	BT, D, E, N, K, R := B*T, c.DModel, c.DInner(), c.DState, c.DConv, c.Rank()
+	ldbc := R + 2*N
+	w := &m.p.layers[l]
+	// 1. Pre-norm: nrm = Norm(h)                                       (BT,D)
+	be.Norm(a.nrm, a.mean, a.rstd, a.hIn, w.norm, w.normB, BT, D, float32(c.NormEps), c.Norm == RMSNorm)
+	// 2. [xi, z] = nrm · W_inᵀ                                         (BT,2E)
+	be.Gemm(false, true, BT, 2*E, D, 1, a.nrm, D, w.inProj, D, 0, a.xz, 2*E)
+	// 3. u = silu(causal depthwise conv(xi))                           (BT,E)
+	var prev backend.Tensor
+	if st != nil {
+		prev = st.conv[l]
+	}
+	be.Conv(a.u, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
+	if st != nil {
+		be.ConvState(st.conv[l], st.conv[l], a.xz, 2*E, B, T, E, K)
+	}
+	// 4. [r, Bt, Ct] = u · W_xᵀ                                        (BT,R+2N)
+	be.Gemm(false, true, BT, ldbc, E, 1, a.u, E, w.xProj, E, 0, a.xdbl, ldbc)
+	// 5. Δ = softplus(r · W_dtᵀ + b_dt)                                (BT,E)
+	be.Gemm(false, true, BT, E, R, 1, a.xdbl, ldbc, w.dtProj, R, 0, a.raw, E)
+	be.Dt(a.delta, a.raw, w.dtBias, BT, E)
+	// 6. y = selective scan + D·u                                      (BT,E)
+	var s backend.Tensor
+	if st != nil {
+		s = st.ssm[l]
+	}
+	bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
+	ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
+	be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
+	// 7. g = y ⊙ silu(z)                                               (BT,E)
+	z := a.xz.Slice(E, a.xz.Len()-E)
+	be.Gate(a.g, a.y, z, 2*E, BT, E)
 }
 
 // stepFused runs one byte per stream (T = 1, checked inputs) from st
@@ -258,7 +311,11 @@ func (p *Pass) Backward() error {
 	be.NormBackward(p.dh, m.g.normF, m.g.normFB, p.dn, p.hL, m.p.normF, p.meanF, p.rstdF, BT, D, rms)
 
 	for l := c.NLayer - 1; l >= 0; l-- {
-		a := &p.acts[l]
+		a := p.layerActs(l)
+		if p.recompute && l < c.NLayer-1 {
+			// (The last layer's activations are still there from Forward.)
+			p.layerForward(l, a, nil)
+		}
 		w := &m.p.layers[l]
 		gw := &m.g.layers[l]
 		// 8. out = g·W_outᵀ: dW_out += dhᵀ·g; dg = dh·W_out.

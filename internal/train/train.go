@@ -40,6 +40,11 @@ type Options struct {
 	LogEvery    int          `json:"log_every"`  // steps between metric lines
 	CkptEvery   int          `json:"ckpt_every"` // steps between checkpoints; 0 = only at the end
 	Keep        int          `json:"keep"`       // checkpoints kept; 0 = all
+	// Recompute keeps only each layer's input between the forward and
+	// the backward pass and runs the layer's forward again there (about a
+	// third more work, a fraction of the activation memory; same
+	// gradients).
+	Recompute bool `json:"recompute,omitempty"`
 }
 
 // Defaults returns the paper's optimiser settings around cfg.
@@ -155,10 +160,14 @@ func newTrainer(opt Options, m *model.Model, data Data, out string) *Trainer {
 	t := &Trainer{
 		Opt: opt, Model: m, Out: out, data: data,
 		optim: NewAdamW(m, opt.Beta1, opt.Beta2, opt.Eps, opt.WeightDecay),
-		pass:  m.NewPass(opt.Batch, opt.SeqLen, true),
 		buf:   make([]byte, opt.Batch*(opt.SeqLen+1)),
 		ids:   make([]int32, opt.Batch*opt.SeqLen),
 		tg:    make([]int32, opt.Batch*opt.SeqLen),
+	}
+	if opt.Recompute {
+		t.pass = m.NewRecomputePass(opt.Batch, opt.SeqLen)
+	} else {
+		t.pass = m.NewPass(opt.Batch, opt.SeqLen, true)
 	}
 	return t
 }

@@ -157,6 +157,14 @@ func (be *Backend) Sync() {
 	be.collect()
 }
 
+// MemInfo returns the device memory in use (by every process on the
+// device) and its total, in bytes.
+func (be *Backend) MemInfo() (used, total int64) {
+	var free int64
+	be.l.check("memory info", be.l.memInfo(&free, &total))
+	return total - free, total
+}
+
 // buffer is one device allocation; Tensors are views of it and keep it
 // alive. It is freed when no view references it.
 type buffer struct {

@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 3
+const abiVersion = 4
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -39,6 +39,7 @@ type lib struct {
 	memcpyD2D func(dst, src uintptr, bytes int64) int32
 	memset    func(dst uintptr, value int32, bytes int64) int32
 	sync      func() int32
+	memInfo   func(free, total *int64) int32
 
 	graphBegin  func() int32
 	graphEnd    func(exec *uintptr) int32
@@ -180,6 +181,7 @@ func openLib() (l *lib, err error) {
 	reg(&l.memcpyD2D, "mb_memcpy_d2d")
 	reg(&l.memset, "mb_memset")
 	reg(&l.sync, "mb_sync")
+	reg(&l.memInfo, "mb_mem_info")
 	reg(&l.graphBegin, "mb_graph_begin")
 	reg(&l.graphEnd, "mb_graph_end")
 	reg(&l.graphLaunch, "mb_graph_launch")

@@ -200,10 +200,13 @@ func TestModelForwardBackward(t *testing.T) {
 					grads  map[string][]float32
 					gnorm2 float64
 				}
-				step := func(m *model.Model) result {
+				step := func(m *model.Model, recompute bool) result {
 					var res result
 					m.ZeroGrads()
 					p := m.NewPass(B, T, true)
+					if recompute {
+						p = m.NewRecomputePass(B, T)
+					}
 					res.nll = make([]float32, B*T)
 					sum, count, err := p.Forward(ids, tg, nil, res.nll, 1/float32(B*(T-1)))
 					if err != nil {
@@ -222,19 +225,28 @@ func TestModelForwardBackward(t *testing.T) {
 					res.gnorm2 = m.BE.SumSquares(m.Grads)
 					return res
 				}
-				want, got := step(cm), step(gm)
-				checkScalar(t, "loss", tab("loss"), got.sum, want.sum, prec.tol)
-				checkVec(t, "nll", tab("loss"), got.nll, want.nll, prec.tol)
-				checkVec(t, "dlogits", tab("dlogits"), got.dl, want.dl, prec.tol)
-				names := make([]string, 0, len(want.grads))
-				for n := range want.grads {
-					names = append(names, n)
+				want := step(cm, false)
+				// The GPU with every activation kept, and with each layer's
+				// recomputed in the backward pass.
+				for _, recompute := range []bool{false, true} {
+					got := step(gm, recompute)
+					pre := ""
+					if recompute {
+						pre = "recompute: "
+					}
+					checkScalar(t, pre+"loss", tab("loss"), got.sum, want.sum, prec.tol)
+					checkVec(t, pre+"nll", tab("loss"), got.nll, want.nll, prec.tol)
+					checkVec(t, pre+"dlogits", tab("dlogits"), got.dl, want.dl, prec.tol)
+					names := make([]string, 0, len(want.grads))
+					for n := range want.grads {
+						names = append(names, n)
+					}
+					sort.Strings(names)
+					for _, n := range names {
+						checkVec(t, pre+"gradient "+n, tab("gradients"), got.grads[n], want.grads[n], prec.tol)
+					}
+					checkScalar(t, pre+"gradient sum of squares", tab("gradients"), got.gnorm2, want.gnorm2, 2*prec.tol)
 				}
-				sort.Strings(names)
-				for _, n := range names {
-					checkVec(t, "gradient "+n, tab("gradients"), got.grads[n], want.grads[n], prec.tol)
-				}
-				checkScalar(t, "gradient sum of squares", tab("gradients"), got.gnorm2, want.gnorm2, 2*prec.tol)
 			})
 		}
 	}

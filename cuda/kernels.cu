@@ -1709,6 +1709,17 @@ static int scan_geometry(int64_t N, int *P, int *J) {
     return 0;
 }
 
+// scan_geometry_wide is the layout of the kernels that carry no per-step
+// sums over channels (k_scan_local, k_scan_out, k_scan_bwd_local): the
+// fewest lanes per channel that keep J <= 4, so each lane does more of
+// the work that every step repeats (reading Δ and u, the sum for y).
+static void scan_geometry_wide(int64_t N, int *P, int *J) {
+    int p = 1;
+    while ((N + p - 1) / p > 4) p <<= 1;
+    *P = p;
+    *J = (int)((N + p - 1) / p);
+}
+
 // scan_check validates the sizes of a scan call and fills its geometry.
 static int scan_check(const char *fn, const mb_scan_dims *dims, int *P, int *J) {
     if (scan_geometry(dims->N, P, J)) return 1;
@@ -1775,7 +1786,9 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     int P, J;
     if (scan_check("mb_scan_fwd", dims, &P, &J)) return 1;
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
-    ScanArgs a{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, P};
+    int Pw, Jw;
+    scan_geometry_wide(N, &Pw, &Jw);
+    ScanArgs aw{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, Pw};
     const float *start = s0;
     if (nc == 1) {
         // One chunk: it starts from s0; that is also the checkpoint.
@@ -1797,12 +1810,12 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
         float *loc = carve<float>(&cur, B * nc * E * N);
         float *dsum = carve<float>(&cur, B * nc * E);
         float *st = ckpt ? ckpt : carve<float>(&cur, B * nc * E * N);
-        SCAN_LAUNCH(J, k_scan_local, scan_grid(B, E, P, 1, nc), scan_smem(P, N, 2, 1, 0), a, nc, loc, dsum);
+        SCAN_LAUNCH(Jw, k_scan_local, scan_grid(B, E, Pw, 1, nc), scan_smem(Pw, N, 2, 1, 0), aw, nc, loc, dsum);
         k_scan_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(st, loc, dsum, A, s0, B, nc, E, N);
         LAUNCHED();
         start = st;
     }
-    SCAN_LAUNCH(J, k_scan_out, scan_grid(B, E, P, 0, nc), scan_smem(P, N, 2, 2, 0), a, nc, y, start, sT);
+    SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, 0, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
     return 0;
 }
 
@@ -1831,7 +1844,11 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
 
     ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P};
     if (nc > 1) {
-        SCAN_LAUNCH(J, k_scan_bwd_local, scan_grid(B, E, P, 1, nc), scan_smem(P, N, 2, 1, 0), a, nc, h, dsum, dy);
+        int Pw, Jw;
+        scan_geometry_wide(N, &Pw, &Jw);
+        ScanArgs aw = a;
+        aw.P = Pw;
+        SCAN_LAUNCH(Jw, k_scan_bwd_local, scan_grid(B, E, Pw, 1, nc), scan_smem(Pw, N, 2, 1, 0), aw, nc, h, dsum, dy);
     }
     k_scan_bwd_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(h, dsum, A, B, nc, E, N);
     LAUNCHED();

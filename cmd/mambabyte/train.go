@@ -89,7 +89,7 @@ func cmdTrain(args []string) error {
 	logEvery := fs.Int("log-every", d.LogEvery, "steps between metrics lines")
 	ckptEvery := fs.Int("ckpt-every", d.CkptEvery, "steps between checkpoints")
 	keep := fs.Int("keep", d.Keep, "checkpoints kept (0: all)")
-	recompute := fs.Bool("recompute", false, "keep only each layer's input for the backward pass and recompute the rest (about 1/3 more work, a fraction of the memory; a resumed run may change it)")
+	recompute := fs.Bool("recompute", false, "keep only each layer's input for the backward pass and recompute the rest (each layer's forward runs twice, for a fraction of the memory; a resumed run may change it)")
 	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err

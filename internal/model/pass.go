@@ -56,9 +56,9 @@ func (m *Model) NewPass(B, T int, train bool) *Pass { return m.newPass(B, T, tra
 
 // NewRecomputePass allocates a training pass that keeps only each layer's
 // input from Forward to Backward and runs each layer's forward again, up
-// to its output projection, just before that layer's backward: about a
-// third more work for a small fraction of the activation memory (every
-// layer's activations otherwise stay allocated together). The gradients
+// to its output projection, just before that layer's backward: each
+// layer's forward runs twice, for a small fraction of the activation memory
+// (every layer's activations otherwise stay allocated together). The gradients
 // are those of NewPass.
 func (m *Model) NewRecomputePass(B, T int) *Pass { return m.newPass(B, T, true, true) }
 

@@ -41,8 +41,8 @@ type Options struct {
 	CkptEvery   int          `json:"ckpt_every"` // steps between checkpoints; 0 = only at the end
 	Keep        int          `json:"keep"`       // checkpoints kept; 0 = all
 	// Recompute keeps only each layer's input between the forward and
-	// the backward pass and runs the layer's forward again there (about a
-	// third more work, a fraction of the activation memory; same
+	// the backward pass and runs the layer's forward again there (each
+	// forward twice, a fraction of the activation memory; same
 	// gradients).
 	Recompute bool `json:"recompute,omitempty"`
 }

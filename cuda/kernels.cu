@@ -1337,13 +1337,14 @@ extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
 // ---------------------------------------------------------------------------
 // Selective scan, parallel over chunks of kScanChunk time steps.
 //
-// Thread layout: a channel (b, e) is served by a group of P lanes (P = N
-// rounded up to a power of two, at most 32), lane l holding states
-// n = l + j·P for j < J (J = ceil(N/P) <= 4), in registers. A block of 256
-// threads serves 256/P consecutive channels of one sequence b over one
-// chunk: grid (ceil(E/(256/P)), chunks, B). Lanes with n >= N or e >= E
-// compute zeros but stay in every loop, so shuffles and barriers see whole
-// warps.
+// Thread layout: a channel (b, e) is served by a group of P lanes, lane l
+// holding states n = l + j·P for j < J (J = ceil(N/P) <= 4), in registers.
+// A block of 256 threads serves 256/P consecutive channels of one sequence
+// b over one chunk: grid (ceil(E/(256/P)), chunks, B). Lanes with n >= N or
+// e >= E compute zeros but stay in every loop, so shuffles and barriers see
+// whole warps. The backward's second pass, which sums over channels at
+// every step, takes P = N rounded up to a power of two (at most 32;
+// scan_geometry); the other kernels take fewer lanes (scan_geometry_wide).
 //
 // The recurrence s_t = a_t·s_{t-1} + Δ_t·u_t·B_t (a_t = exp(Δ_t·A)) is
 // linear, and the decay over a chunk is Π a_t = exp(A·ΣΔ_t), so the chunks
@@ -1413,9 +1414,9 @@ struct ScanLane {
     }
 };
 
-// Each chunk c >= 1 (blockIdx.y + 1; the last chunk's end is not needed)
-// from a zero state: its end state to loc and its ΣΔ to dsum (both indexed
-// by c in (B, chunks, ...) arrays).
+// Each chunk c = blockIdx.y but the last (whose end is not needed) from a
+// zero state: its end state to loc and its ΣΔ to dsum (both indexed by c in
+// (B, chunks, ...) arrays).
 template <int J>
 __global__ void __launch_bounds__(kScanThreads)
     k_scan_local(ScanArgs a, int nc, float *loc, float *dsum) {
@@ -1500,7 +1501,7 @@ __global__ void __launch_bounds__(kScanThreads)
     }
 }
 
-// Backward, first pass: for each chunk c >= 1, the adjoint from zero at the
+// Backward, first pass: for each chunk c = blockIdx.y + 1 >= 1, the adjoint from zero at the
 // chunk's end back to its start. With G_t = dL/ds_t = dy_t·Ct_t + a_{t+1}·G_{t+1},
 // what a chunk passes to the one before is a_{t0}·G_{t0}; from a zero carry
 // that is hloc[c]. ΣΔ of the chunk goes to dsum[c].
@@ -1552,9 +1553,13 @@ __global__ void k_scan_bwd_carry(float *h, const float *dsum, const float *A, in
 }
 
 // The backward's state storage: kScanSub steps × J slots per thread,
-// recomputed in sub-chunks of kScanSub/JP steps (JP = J rounded up to a
-// power of two).
+// recomputed in sub-chunks of scan_sub_steps(J) steps.
 static const int kScanSub = 32;
+
+// scan_sub_steps is kScanSub / J rounded down to a power of two.
+__host__ __device__ constexpr int scan_sub_steps(int J) {
+    return kScanSub / (J <= 1 ? 1 : J <= 2 ? 2 : 4);
+}
 
 // Backward, second pass, each chunk from its checkpoint and its carry h[c]:
 // the states are recomputed into shared memory (a sub-chunk at a time,
@@ -1567,8 +1572,7 @@ __global__ void __launch_bounds__(kScanThreads)
     k_scan_bwd_chunk(ScanArgs a, int nc, float *du_out, float *ddelta_out, float *part, float *h,
                      const float *dy, const float *ckpt) {
     extern __shared__ float sh[];
-    constexpr int JP = J <= 1 ? 1 : J <= 2 ? 2 : 4;
-    constexpr int Ls = kScanSub / JP;
+    constexpr int Ls = scan_sub_steps(J);
     ScanLane<J> L(a, blockIdx.y);
     const int P = a.P, N = a.N, bd = blockDim.x, tid = L.tid, wl = tid & 31, cpb = L.cpb;
     float *sS = sh, *sB = sS + Ls * J * bd, *sC = sB + kScanChunk * N;
@@ -1697,32 +1701,31 @@ struct DskipCols {
     __device__ void store(int64_t c, int, float s) const { dDskip[c] += s; }
 };
 
-static int scan_geometry(int64_t N, int *P, int *J) {
-    if (N <= 0 || N > 128) {
-        set_err("scan: N = %lld; this kernel supports 1 <= N <= 128", (long long)N);
-        return 1;
-    }
+static void scan_geometry(int64_t N, int *P, int *J) {
     int p = 1;
     while (p < N && p < 32) p <<= 1;
     *P = p;
     *J = (int)((N + p - 1) / p);
-    return 0;
 }
 
 // scan_geometry_wide is the layout of the kernels that carry no per-step
 // sums over channels (k_scan_local, k_scan_out, k_scan_bwd_local): the
-// fewest lanes per channel that keep J <= 4, so each lane does more of
-// the work that every step repeats (reading Δ and u, the sum for y).
+// fewest lanes per channel, at least 4, that keep J <= 4, so each lane does
+// more of the work that every step repeats (reading Δ and u, the sum for y)
+// while a block's staged inputs stay small.
 static void scan_geometry_wide(int64_t N, int *P, int *J) {
-    int p = 1;
+    int p = 4;
     while ((N + p - 1) / p > 4) p <<= 1;
     *P = p;
     *J = (int)((N + p - 1) / p);
 }
 
-// scan_check validates the sizes of a scan call and fills its geometry.
-static int scan_check(const char *fn, const mb_scan_dims *dims, int *P, int *J) {
-    if (scan_geometry(dims->N, P, J)) return 1;
+// scan_check validates the sizes of a scan call.
+static int scan_check(const char *fn, const mb_scan_dims *dims) {
+    if (dims->N <= 0 || dims->N > 128) {
+        set_err("%s: N = %lld; the scan supports 1 <= N <= 128", fn, (long long)dims->N);
+        return 1;
+    }
     if (dims->T > INT32_MAX || dims->E > INT32_MAX || dims->B > 65535 ||
         (dims->T + kScanChunk - 1) / kScanChunk > 65535) {
         set_err("%s: sizes out of range (B=%lld T=%lld E=%lld)", fn, (long long)dims->B,
@@ -1732,10 +1735,10 @@ static int scan_check(const char *fn, const mb_scan_dims *dims, int *P, int *J) 
     return 0;
 }
 
-// scan_grid is the grid of the chunk kernels over chunks [from, nc).
-static dim3 scan_grid(int64_t B, int64_t E, int P, int from, int nc) {
+// scan_grid is the grid of a chunk kernel over count chunks.
+static dim3 scan_grid(int64_t B, int64_t E, int P, int count) {
     int cpb = kScanThreads / P;
-    return dim3((unsigned)((E + cpb - 1) / cpb), (unsigned)(nc - from), (unsigned)B);
+    return dim3((unsigned)((E + cpb - 1) / cpb), (unsigned)count, (unsigned)B);
 }
 
 // scan_smem is the dynamic shared memory of a chunk kernel that stages
@@ -1783,8 +1786,7 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     ENTER();
     int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N;
     if (B <= 0 || T <= 0 || E <= 0) return 0;
-    int P, J;
-    if (scan_check("mb_scan_fwd", dims, &P, &J)) return 1;
+    if (scan_check("mb_scan_fwd", dims)) return 1;
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
     int Pw, Jw;
     scan_geometry_wide(N, &Pw, &Jw);
@@ -1810,12 +1812,12 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
         float *loc = carve<float>(&cur, B * nc * E * N);
         float *dsum = carve<float>(&cur, B * nc * E);
         float *st = ckpt ? ckpt : carve<float>(&cur, B * nc * E * N);
-        SCAN_LAUNCH(Jw, k_scan_local, scan_grid(B, E, Pw, 1, nc), scan_smem(Pw, N, 2, 1, 0), aw, nc, loc, dsum);
+        SCAN_LAUNCH(Jw, k_scan_local, scan_grid(B, E, Pw, nc - 1), scan_smem(Pw, N, 2, 1, 0), aw, nc, loc, dsum);
         k_scan_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(st, loc, dsum, A, s0, B, nc, E, N);
         LAUNCHED();
         start = st;
     }
-    SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, 0, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
+    SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
     return 0;
 }
 
@@ -1826,10 +1828,11 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     ENTER();
     int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N, ldbc = dims->ldbc;
     if (B <= 0 || T <= 0 || E <= 0) return 0;
+    if (scan_check("mb_scan_bwd", dims)) return 1;
     int P, J;
-    if (scan_check("mb_scan_bwd", dims, &P, &J)) return 1;
+    scan_geometry(N, &P, &J);
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
-    dim3 grid = scan_grid(B, E, P, 0, nc);
+    dim3 grid = scan_grid(B, E, P, nc);
     int groups = (int)grid.x;
     // Workspace: carries, then dA partials (B, nc, E, N); ΣΔ (B, nc, E);
     // the channel groups' dBt, dCt partials (groups, B·T, 2N).
@@ -1848,14 +1851,13 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
         scan_geometry_wide(N, &Pw, &Jw);
         ScanArgs aw = a;
         aw.P = Pw;
-        SCAN_LAUNCH(Jw, k_scan_bwd_local, scan_grid(B, E, Pw, 1, nc), scan_smem(Pw, N, 2, 1, 0), aw, nc, h, dsum, dy);
+        SCAN_LAUNCH(Jw, k_scan_bwd_local, scan_grid(B, E, Pw, nc - 1), scan_smem(Pw, N, 2, 1, 0), aw, nc, h, dsum, dy);
     }
     k_scan_bwd_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(h, dsum, A, B, nc, E, N);
     LAUNCHED();
     // k_scan_bwd_chunk also holds the recomputed states and the block's
     // dBt, dCt sums.
-    int JP = J <= 1 ? 1 : J <= 2 ? 2 : 4;
-    size_t shmem = scan_smem(P, N, 3, 2, (size_t)(kScanSub / JP) * J * kScanThreads + 2 * kScanChunk * (size_t)N);
+    size_t shmem = scan_smem(P, N, 3, 2, (size_t)scan_sub_steps(J) * J * kScanThreads + 2 * kScanChunk * (size_t)N);
     SCAN_LAUNCH(J, k_scan_bwd_chunk, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
     k_scan_dbc<<<grid_for(B * T * 2 * N), kThreads, 0, g_stream>>>(dBt, dCt, ldbc, part, groups, B * T, N);
     LAUNCHED();

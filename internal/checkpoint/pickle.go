@@ -604,29 +604,13 @@ func (u *unpickler) step(op byte) error {
 		if err != nil {
 			return err
 		}
-		t, err := u.top()
-		if err != nil {
-			return err
-		}
-		d, ok := t.(*pyDict)
-		if !ok {
-			return fmt.Errorf("SETITEM on a %s", pyTypeName(t))
-		}
-		return u.setItems(d, []any{k, v})
+		return u.setTopItems("SETITEM", []any{k, v})
 	case 'u': // SETITEMS
 		items, err := u.popMark()
 		if err != nil {
 			return err
 		}
-		t, err := u.top()
-		if err != nil {
-			return err
-		}
-		d, ok := t.(*pyDict)
-		if !ok {
-			return fmt.Errorf("SETITEMS on a %s", pyTypeName(t))
-		}
-		return u.setItems(d, items)
+		return u.setTopItems("SETITEMS", items)
 	case 0x8f: // EMPTY_SET
 		return u.push(&pySet{})
 	case 0x90: // ADDITEMS
@@ -807,6 +791,20 @@ func (u *unpickler) appendTo(items []any) error {
 	}
 	l.items = append(l.items, items...)
 	return nil
+}
+
+// setTopItems adds the key, value pairs of items to the dict on top of the
+// stack (op names the opcode in errors).
+func (u *unpickler) setTopItems(op string, items []any) error {
+	t, err := u.top()
+	if err != nil {
+		return err
+	}
+	d, ok := t.(*pyDict)
+	if !ok {
+		return fmt.Errorf("%s on a %s", op, pyTypeName(t))
+	}
+	return u.setItems(d, items)
 }
 
 func (u *unpickler) setItems(d *pyDict, items []any) error {

@@ -170,7 +170,7 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 	h := p.layerIn(0)
 	be.Embed(h, ids, m.p.embed, BT, D)
 	for l := 0; l < c.NLayer; l++ {
-		a := p.layerActs(l)
+		a := p.actsFor(l)
 		w := &m.p.layers[l]
 		p.layerForward(l, a, st)
 		// 8. h = h + g · W_outᵀ                                        (BT,D)
@@ -220,8 +220,8 @@ func (p *Pass) layerIn(l int) backend.Tensor {
 	return p.acts[l%len(p.acts)].hIn
 }
 
-// layerActs is where layer l's activations go, its input in place.
-func (p *Pass) layerActs(l int) *layerActs {
+// actsFor is where layer l's activations go, its input in place.
+func (p *Pass) actsFor(l int) *layerActs {
 	a := &p.acts[l%len(p.acts)]
 	if p.recompute {
 		a.hIn = p.hin[l]
@@ -311,7 +311,7 @@ func (p *Pass) Backward() error {
 	be.NormBackward(p.dh, m.g.normF, m.g.normFB, p.dn, p.hL, m.p.normF, p.meanF, p.rstdF, BT, D, rms)
 
 	for l := c.NLayer - 1; l >= 0; l-- {
-		a := p.layerActs(l)
+		a := p.actsFor(l)
 		if p.recompute && l < c.NLayer-1 {
 			// (The last layer's activations are still there from Forward.)
 			p.layerForward(l, a, nil)

@@ -1873,3 +1873,4 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
 // The fused recurrent step.
 
 #include "step.cuh"
+#include "whole.cuh"

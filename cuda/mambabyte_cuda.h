@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 4
+#define MB_ABI_VERSION 5
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -188,6 +188,42 @@ int mb_step_head(float *logits, const float *h, const float *norm_w, const float
                  int rms, int wtype);
 /* dst (n bf16 values) = src rounded to nearest even. */
 int mb_to_bf16(void *dst, const float *src, int64_t n);
+
+/* The whole decode step of one stream in one kernel (whole.cuh): every
+ * residual block and the head, bf16 weights from a buffer of the layout
+ * mb_whole_plan gives. mode 0 stages the weights through shared memory when
+ * they fit, 1 always reads them from global memory. */
+typedef struct {
+    int64_t L, D, E, N, K, R, V;
+    float eps;
+    int32_t rms, mode;
+} mb_whole_shape;
+/* Byte offsets in the whole step's weight buffer. Rows are padded to Dp,
+ * Ep, Jp (R+2N), Rp values, multiples of 8, and Cp, a multiple of 4. Per
+ * layer, at l·layer_bytes: in_proj (2E,Dp), x_proj transposed (E,Jp),
+ * dt_proj (E,Rp), out_proj (D,Ep) as bf16; chan (E,Cp) float32, per
+ * channel its conv weights (K), conv bias, dt bias, Dskip and A = -exp(A_log)
+ * (N); norm_w, norm_b (Dp) float32. After the layers: head (V,Dp) bf16,
+ * norm_f_w, norm_f_b (Dp) float32. Padding and absent biases are zeros. */
+typedef struct {
+    int64_t Dp, Ep, Jp, Rp, Cp;
+    int64_t layer_bytes;
+    int64_t in_proj, x_proj_t, dt_proj, out_proj, chan, norm_w, norm_b;
+    int64_t head, norm_f_w, norm_f_b;
+    int64_t total;          /* bytes of the buffer */
+    int64_t scratch_floats; /* float32 scratch mb_step_whole needs */
+} mb_whole_layout;
+int mb_whole_plan(const mb_whole_shape *shape, mb_whole_layout *layout);
+/* dst (rows,ld), bf16 (bf16 = 1) or float32, = src[r·rs + c·cs] for
+ * c < cols; dst[r·ld + c] for c >= cols is left alone. */
+int mb_pack_2d(void *dst, int32_t bf16, int64_t ld, const float *src, int64_t rs, int64_t cs,
+               int64_t rows, int64_t cols);
+/* One byte through the model for one stream: h (D) holds its embedding on
+ * entry; state is the stream's recurrent state, per layer conv (K-1,E) then
+ * ssm (E,N), layers one after another; logits (V) are written. scratch
+ * holds scratch_floats values for this step alone. */
+int mb_step_whole(const mb_whole_shape *shape, const void *weights, float *h, float *state,
+                  float *logits, float *scratch);
 
 #ifdef __cplusplus
 }

@@ -116,6 +116,17 @@ type StepFuser interface {
 	StepHead(w StepWeights, logits, h Tensor, s StepScratch, B int)
 }
 
+// WholeStepper is a StepFuser that can also run the whole step of a single
+// stream, every block and the head, as one operation.
+type WholeStepper interface {
+	// StepWhole writes logits (V) for the one stream whose embedded byte
+	// is h (D), advancing h and state: a State's buffer, per layer the
+	// conv state (K-1,E) then the SSM state (E,N). It reports false,
+	// doing nothing, when it cannot run these weights; the caller then
+	// runs StepBlock and StepHead.
+	StepWhole(w StepWeights, logits, h, state Tensor) bool
+}
+
 // StepLayer is one residual block's parameters for StepFuser, as the
 // model's tensors; NegA is A = -exp(A_log) (E,N). NormB and ConvB may be
 // nil.

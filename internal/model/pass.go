@@ -269,17 +269,20 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 }
 
 // stepFused runs one byte per stream (T = 1, checked inputs) from st
-// through the backend's fused step, leaving the logits where Forward
-// does.
+// through the backend's fused step (for one stream its whole step when it
+// has one), leaving the logits where Forward does.
 func (p *Pass) stepFused(f backend.StepFuser, w backend.StepWeights, s backend.StepScratch, ids []int32, st *State) {
 	m, c := p.m, p.m.Cfg
 	h := p.acts[0].hIn
 	m.BE.Embed(h, ids, m.p.embed, p.B, c.DModel)
+	p.grad = false
+	if ws, ok := f.(backend.WholeStepper); ok && p.B == 1 && ws.StepWhole(w, p.logits, h, st.buf) {
+		return
+	}
 	for l := 0; l < c.NLayer; l++ {
 		f.StepBlock(w, l, h, st.conv[l], st.ssm[l], s, p.B)
 	}
 	f.StepHead(w, p.logits, h, s, p.B)
-	p.grad = false
 }
 
 // Logits copies the logits of the last Forward (B·T·V) into dst. After a

@@ -62,10 +62,11 @@ type Options struct {
 
 // Backend runs operations on one CUDA device.
 type Backend struct {
-	l         *lib
-	mode      int32 // GEMM mode: 0 fp32, 1 bf16
-	precision string
-	noFused   bool // MAMBABYTE_CUDA_FUSED=0: no fused step
+	l          *lib
+	mode       int32 // GEMM mode: 0 fp32, 1 bf16
+	precision  string
+	noFused    bool // MAMBABYTE_CUDA_FUSED=0: no fused step
+	wholeSteps int  // steps issued through the one-kernel step
 
 	// Device buffers that Go no longer references. Cleanups run on a
 	// goroutine of their own, and the library takes one caller at a time,

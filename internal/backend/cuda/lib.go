@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 4
+const abiVersion = 5
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -79,6 +79,28 @@ type lib struct {
 	stepBlock func(a *stepArgs) int32
 	stepHead  func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
 	toBF16    func(dst, src uintptr, n int64) int32
+
+	wholePlan func(s *wholeShape, out *wholeLayout) int32
+	pack2D    func(dst uintptr, bf16 int32, ld int64, src uintptr, rs, cs, rows, cols int64) int32
+	stepWhole func(s *wholeShape, weights, h, state, logits, scratch uintptr) int32
+}
+
+// wholeShape is mb_whole_shape.
+type wholeShape struct {
+	L, D, E, N, K, R, V int64
+	eps                 float32
+	rms, mode           int32
+}
+
+// wholeLayout is mb_whole_layout: byte offsets in the whole step's weight
+// buffer.
+type wholeLayout struct {
+	Dp, Ep, Jp, Rp, Cp                                   int64
+	layerBytes                                           int64
+	inProj, xProjT, dtProj, outProj, chans, normW, normB int64
+	head, normFW, normFB                                 int64
+	total                                                int64
+	scratchFloats                                        int64
 }
 
 // stepArgs is mb_step_args (same field order and sizes).
@@ -191,6 +213,9 @@ func openLib() (l *lib, err error) {
 	reg(&l.stepBlock, "mb_step_block")
 	reg(&l.stepHead, "mb_step_head")
 	reg(&l.toBF16, "mb_to_bf16")
+	reg(&l.wholePlan, "mb_whole_plan")
+	reg(&l.pack2D, "mb_pack_2d")
+	reg(&l.stepWhole, "mb_step_whole")
 	reg(&l.embedFwd, "mb_embed_fwd")
 	reg(&l.embedFwdStaged, "mb_embed_fwd_staged")
 	reg(&l.embedBwd, "mb_embed_bwd")

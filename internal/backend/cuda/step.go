@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
 )
@@ -11,7 +12,15 @@ import (
 // In bf16 mode the four matrices of every layer and the head are read as
 // bf16 copies, which halves the bytes a decode step streams from memory;
 // in fp32 mode they are read as they are.
-var _ backend.StepFuser = (*Backend)(nil)
+//
+// With MAMBABYTE_CUDA_WHOLE=1 a bf16 step of one stream runs as one kernel
+// (cuda/whole.cuh) from a further copy of the weights in that kernel's
+// layout. It is correct but slower than the block-by-block step (BENCHMARKS.md,
+// "GPU: the one-kernel decode step"), so it is not the default.
+var (
+	_ backend.StepFuser    = (*Backend)(nil)
+	_ backend.WholeStepper = (*Backend)(nil)
+)
 
 // stepWeights is the Backend's backend.StepWeights.
 type stepWeights struct {
@@ -24,6 +33,16 @@ type stepWeights struct {
 	headW  uintptr
 	buf    backend.Tensor // the bf16 copies (nil in fp32 mode)
 	copies []bf16Copy
+	whole  *wholeWeights // nil: no one-kernel step
+}
+
+// wholeWeights is the one-kernel step's copy of the weights: one buffer in
+// the layout of mb_whole_plan, and the kernel's scratch.
+type wholeWeights struct {
+	shape   wholeShape
+	lay     wholeLayout
+	buf     backend.Tensor
+	scratch backend.Tensor
 }
 
 // bf16Copy is one matrix copied to bf16: n values of src to dst.
@@ -91,8 +110,80 @@ func (be *Backend) PrepareStep(layers []backend.StepLayer, head backend.StepHead
 			w.headW = dst
 		}
 	}
+	if mode := wholeMode(); mode >= 0 {
+		if err := w.planWhole(mode); err != nil {
+			return nil, err
+		}
+	}
 	w.Refresh()
 	return w, nil
+}
+
+// wholeMode is how bf16 steps of one stream run, from MAMBABYTE_CUDA_WHOLE:
+// block by block (unset or "0": -1, the default, faster today), or through
+// the one-kernel step (whole.cuh) staging the weights in shared memory
+// where they fit ("1": 0) or reading them from global memory ("global": 1).
+func wholeMode() int32 {
+	switch os.Getenv("MAMBABYTE_CUDA_WHOLE") {
+	case "1":
+		return 0
+	case "global":
+		return 1
+	}
+	return -1
+}
+
+// planWhole allocates the one-kernel step's weights and scratch.
+func (w *stepWeights) planWhole(mode int32) error {
+	sh := w.shape
+	ws := &wholeWeights{shape: wholeShape{
+		L: i64(len(w.layers)), D: i64(sh.D), E: i64(sh.E), N: i64(sh.N), K: i64(sh.K), R: i64(sh.R), V: i64(sh.V),
+		eps: sh.Eps, rms: b32(sh.RMS), mode: mode,
+	}}
+	if rc := w.be.l.wholePlan(&ws.shape, &ws.lay); rc != 0 {
+		return fmt.Errorf("cuda: one-kernel step: %s", w.be.l.lastError())
+	}
+	ws.buf = w.be.Alloc(int(ws.lay.total / 4))
+	ws.scratch = w.be.Alloc(int(ws.lay.scratchFloats))
+	w.whole = ws
+	return nil
+}
+
+// fillWhole writes the one-kernel step's copy of the weights.
+func (w *stepWeights) fillWhole() {
+	ws, be, sh := w.whole, w.be, w.shape
+	lay := ws.lay
+	D, E, N, K, R, V := sh.D, sh.E, sh.N, sh.K, sh.R, sh.V
+	base := ptr(ws.buf)
+	// pack writes src (rows,cols), element (r,c) at r·rs + c·cs, as rows of
+	// ld values (bf16 or float32) at byte offset off; nil stays zeros.
+	pack := func(off int64, bf16 bool, ld int64, src backend.Tensor, rs, cs, rows, cols int) {
+		if src == nil {
+			return
+		}
+		be.l.check("pack weights", be.l.pack2D(base+uintptr(off), b32(bf16), ld, ptr(src), i64(rs), i64(cs), i64(rows), i64(cols)))
+		keep(src)
+	}
+	for l, ly := range w.layers {
+		at := int64(l) * lay.layerBytes
+		pack(at+lay.inProj, true, lay.Dp, ly.InProj, D, 1, 2*E, D)
+		pack(at+lay.xProjT, true, lay.Jp, ly.XProj, 1, E, E, R+2*N)
+		pack(at+lay.dtProj, true, lay.Rp, ly.DtProj, R, 1, E, R)
+		pack(at+lay.outProj, true, lay.Ep, ly.OutProj, E, 1, D, E)
+		// Per channel: conv weights, conv bias, dt bias, Dskip, A.
+		ch := at + lay.chans
+		pack(ch, false, lay.Cp, ly.ConvW, K, 1, E, K)
+		pack(ch+4*int64(K), false, lay.Cp, ly.ConvB, 1, 0, E, 1)
+		pack(ch+4*int64(K+1), false, lay.Cp, ly.DtBias, 1, 0, E, 1)
+		pack(ch+4*int64(K+2), false, lay.Cp, ly.DSkip, 1, 0, E, 1)
+		pack(ch+4*int64(K+3), false, lay.Cp, ly.NegA, N, 1, E, N)
+		pack(at+lay.normW, false, lay.Dp, ly.Norm, 0, 1, 1, D)
+		pack(at+lay.normB, false, lay.Dp, ly.NormB, 0, 1, 1, D)
+	}
+	pack(lay.head, true, lay.Dp, w.head.W, D, 1, V, D)
+	pack(lay.normFW, false, lay.Dp, w.head.Norm, 0, 1, 1, D)
+	pack(lay.normFB, false, lay.Dp, w.head.NormB, 0, 1, 1, D)
+	keep(ws.buf)
 }
 
 // Refresh implements backend.StepWeights: it converts the matrices to bf16
@@ -103,11 +194,14 @@ func (w *stepWeights) Refresh() {
 		keep(c.src)
 	}
 	keep(w.buf)
+	if w.whole != nil {
+		w.fillWhole()
+	}
 }
 
 // Free implements backend.StepWeights.
 func (w *stepWeights) Free() {
-	w.buf, w.copies, w.mats = nil, nil, nil
+	w.buf, w.copies, w.mats, w.whole = nil, nil, nil, nil
 }
 
 func (be *Backend) stepWeightsOf(sw backend.StepWeights) *stepWeights {
@@ -144,3 +238,24 @@ func (be *Backend) StepHead(sw backend.StepWeights, logits, h backend.Tensor, s 
 		i64(B), i64(sh.D), i64(sh.V), sh.Eps, b32(sh.RMS), w.wtype))
 	keep(logits, h, s.XW, w.head.Norm, w.head.NormB, w.head.W, w.buf)
 }
+
+// StepWhole implements backend.WholeStepper (bf16 mode only).
+func (be *Backend) StepWhole(sw backend.StepWeights, logits, h, state backend.Tensor) bool {
+	w := be.stepWeightsOf(sw)
+	ws := w.whole
+	if ws == nil {
+		return false
+	}
+	sh := w.shape
+	if want := len(w.layers) * ((sh.K-1)*sh.E + sh.E*sh.N); state.Len() != want || h.Len() < sh.D || logits.Len() < sh.V {
+		panic(fmt.Sprintf("cuda: StepWhole: state of %d values (want %d), h of %d, logits of %d", state.Len(), want, h.Len(), logits.Len()))
+	}
+	be.l.check("step whole", be.l.stepWhole(&ws.shape, ptr(ws.buf), ptr(h), ptr(state), ptr(logits), ptr(ws.scratch)))
+	keep(logits, h, state, ws.buf, ws.scratch)
+	be.wholeSteps++
+	return true
+}
+
+// WholeSteps is how many steps have been issued through the one-kernel
+// step (a recorded step counts once, when it is recorded).
+func (be *Backend) WholeSteps() int { return be.wholeSteps }

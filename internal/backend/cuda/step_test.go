@@ -3,6 +3,7 @@ package cuda_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/mambabyte/mambabyte/internal/model"
@@ -13,6 +14,11 @@ import (
 // graphs, for every test configuration and one wide enough to exercise
 // the vector loops' tails, and for stream counts on both sides of the
 // switch from its own matrix-vector kernels to cuBLAS.
+//
+// One stream in bf16 mode runs block by block, and with
+// MAMBABYTE_CUDA_WHOLE=1 or global through the one-kernel step
+// (whole.cuh) in its two ways of reading the weights; all three are
+// checked.
 //
 // On weights far off their initialisation in bf16 mode the reference is
 // the CPU model with the same matrices rounded to bf16 (roundMatrices),
@@ -26,15 +32,41 @@ func TestFusedStep(t *testing.T) {
 	wide.DModel = 264 // E 528, R 17: tails in every 16-byte loop
 	wide.TieEmbeddings = false
 	cfgs["d264-untied"] = wide
+	// Two layers of the 353M and 972M models, one stream: the one-kernel
+	// step with many channels per block, staged and (972M) not.
+	for name, d := range map[string]int{"353m-layers": 1024, "972m-layers": 1792} {
+		c := model.DefaultConfig()
+		c.DModel, c.NLayer, c.TieEmbeddings = d, 2, false
+		cfgs[name] = c
+	}
 	for _, prec := range precisions(t) {
-		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied"} {
+		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "353m-layers", "972m-layers"} {
 			for _, B := range []int{1, 2, 3, 9, 64} {
+				if strings.HasSuffix(name, "-layers") && (B > 1 || prec.name == "fp32") {
+					continue // they are here for the one-kernel step (bf16, one stream)
+				}
 				if prec.name == "bf16-perturbed" && (B > 1 || cfgs[name].TieEmbeddings) {
 					continue
 				}
-				t.Run(fmt.Sprintf("%s/%s/B%d", prec.name, name, B), func(t *testing.T) {
-					fusedStep(t, prec, cfgs[name], B)
-				})
+				if B > 1 || prec.name == "fp32" {
+					t.Run(fmt.Sprintf("%s/%s/B%d", prec.name, name, B), func(t *testing.T) {
+						fusedStep(t, prec, cfgs[name], B)
+					})
+					continue
+				}
+				// One stream in bf16: the step block by block (the
+				// default), and the one-kernel step with its weights
+				// staged in shared memory or read from global memory.
+				for _, whole := range []string{"", "1", "global"} {
+					t.Run(fmt.Sprintf("%s/%s/B%d/whole=%q", prec.name, name, B, whole), func(t *testing.T) {
+						t.Setenv("MAMBABYTE_CUDA_WHOLE", whole)
+						before := prec.g.WholeSteps()
+						fusedStep(t, prec, cfgs[name], B)
+						if used := prec.g.WholeSteps() > before; used != (whole != "") {
+							t.Errorf("one-kernel step used: %v", used)
+						}
+					})
+				}
 			}
 		}
 	}

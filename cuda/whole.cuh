@@ -43,18 +43,24 @@
 // included, where a few hundred ns of work was expected. It is off unless
 // MAMBABYTE_CUDA_WHOLE=1 (or =global).
 
-static const int kWholeThreads = 512;
+#ifndef WHOLE_THREADS
+#define WHOLE_THREADS 512
+#endif
+static const int kWholeThreads = WHOLE_THREADS;
 
 // WHOLE_TIMING builds (development only) record, for block 0, the global
-// timer at the phase boundaries of each layer in g_whole_times.
+// timer and the SM's clock at the phase boundaries of each layer in
+// g_whole_times and g_whole_clocks. WHOLE_THREADS sets the block size.
 #ifdef WHOLE_TIMING
 __device__ unsigned long long g_whole_times[4096 * 16];
+__device__ unsigned long long g_whole_clocks[4096 * 16];
 #define WT(l, k)                                                                       \
     do {                                                                               \
         if (blockIdx.x == 0 && threadIdx.x == 0) {                                     \
             unsigned long long t_;                                                     \
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                     \
             g_whole_times[(l) * 16 + (k)] = t_;                                        \
+            g_whole_clocks[(l) * 16 + (k)] = clock64();                                \
         }                                                                              \
     } while (0)
 #else

@@ -62,6 +62,10 @@ int main(int argc, char **argv) {
     double tot = 0;
     for (int k = 0; k < 12; k++) { printf(" %s %.0f", names[k], sum[k] / (L - 2)); tot += sum[k] / (L - 2); }
     printf(" | total %.0f\n", tot);
+    static unsigned long long c[4096 * 16];
+    CU(cudaMemcpyFromSymbol(c, g_whole_clocks, sizeof(unsigned long long) * L * 16));
+    double dt = (double)(t[(L - 2) * 16 + 11] - t[16]), dc = (double)(c[(L - 2) * 16 + 11] - c[16]);
+    printf("SM clock during the step: %.0f MHz; %d threads per block\n", dc / dt * 1e3, kWholeThreads);
     unsigned *bar; CU(cudaMalloc(&bar, 4 * g_whole_sms)); CU(cudaMemset(bar, 0, 4 * g_whole_sms));
     int nb = 159;
     void *args[] = {&bar, &nb};

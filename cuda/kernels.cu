@@ -1357,6 +1357,14 @@ extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
 static const int kScanThreads = 256;
 static const int kScanChunk = 64;  // = cpu.ScanChunk
 
+// ex2_ is 2^x, approximately: the instruction __expf uses after scaling
+// its argument, which the scan's lanes do once for A instead of every step.
+__device__ __forceinline__ float ex2_(float x) {
+    float y;
+    asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 struct ScanArgs {
     const float *u, *delta, *Bt, *Ct, *A, *Dskip;
     int64_t ldbc;
@@ -1373,7 +1381,7 @@ struct ScanLane {
     int64_t b;
     bool ce;
     bool v[J];
-    float A[J];
+    float A[J], A2[J];  // A2 = A·log2(e): exp(Δ·A) = ex2_(Δ·A2)
     __device__ ScanLane(const ScanArgs &a, int chunk) {
         tid = threadIdx.x;
         ln = tid % a.P;
@@ -1390,6 +1398,7 @@ struct ScanLane {
             int n = ln + j * a.P;
             v[j] = ce && n < a.N;
             A[j] = v[j] ? a.A[(int64_t)e * a.N + n] : 0.f;
+            A2[j] = A[j] * 1.4426950408889634f;
         }
     }
     // at indexes a (B, chunks, E, N) array; the value of lane slot j.
@@ -1397,20 +1406,22 @@ struct ScanLane {
         return ((b * nc + c) * a.E + e) * a.N + ln + j * a.P;
     }
     // stage copies the chunk's rows of src (B·T, E) into dst [step][cpb].
+    // cpb divides the block, so each thread keeps one column.
     __device__ void stage(float *dst, const float *src, const ScanArgs &a) const {
-        int e0 = blockIdx.x * cpb, rows = t1 - t0;
-        for (int i = tid; i < kScanChunk * cpb; i += blockDim.x) {
-            int jt = i / cpb, k = i - jt * cpb;
-            dst[i] = (jt < rows && e0 + k < a.E) ? src[(b * a.T + t0 + jt) * a.E + e0 + k] : 0.f;
-        }
+        int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
+        bool ok = e0 + k < a.E;
+        const float *s = src + (b * a.T + t0) * a.E + e0 + k;
+        for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
+            dst[jt * cpb + k] = (jt < rows && ok) ? s[(int64_t)jt * a.E] : 0.f;
     }
-    // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N].
+    // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
+    // (N <= 128, so each pass of the block covers at least two rows).
     __device__ void stage_bc(float *dst, const float *src, const ScanArgs &a) const {
-        int rows = t1 - t0;
-        for (int i = tid; i < kScanChunk * a.N; i += blockDim.x) {
-            int jt = i / a.N, n = i - jt * a.N;
-            dst[i] = jt < rows ? src[(b * a.T + t0 + jt) * a.ldbc + n] : 0.f;
-        }
+        int rows = t1 - t0, n = tid % a.N, r0 = tid / a.N, rstep = blockDim.x / a.N;
+        if (r0 >= rstep) return;
+        const float *s = src + (b * a.T + t0) * a.ldbc + n;
+        for (int jt = r0; jt < kScanChunk; jt += rstep)
+            dst[jt * a.N + n] = jt < rows ? s[(int64_t)jt * a.ldbc] : 0.f;
     }
 };
 
@@ -1437,7 +1448,7 @@ __global__ void __launch_bounds__(kScanThreads)
         ds += d;
 #pragma unroll
         for (int j = 0; j < J; j++)
-            if (L.v[j]) s[j] = __expf(d * L.A[j]) * s[j] + du * sb[jt * a.N + L.ln + j * a.P];
+            if (L.v[j]) s[j] = ex2_(d * L.A2[j]) * s[j] + du * sb[jt * a.N + L.ln + j * a.P];
     }
 #pragma unroll
     for (int j = 0; j < J; j++)
@@ -1487,7 +1498,7 @@ __global__ void __launch_bounds__(kScanThreads)
         for (int j = 0; j < J; j++) {
             if (L.v[j]) {
                 int n = L.ln + j * P;
-                s[j] = __expf(d * L.A[j]) * s[j] + du * sb[jt * N + n];
+                s[j] = ex2_(d * L.A2[j]) * s[j] + du * sb[jt * N + n];
                 acc += s[j] * sc[jt * N + n];
             }
         }
@@ -1525,7 +1536,7 @@ __global__ void __launch_bounds__(kScanThreads)
         ds += d;
 #pragma unroll
         for (int j = 0; j < J; j++)
-            if (L.v[j]) g[j] = __expf(d * L.A[j]) * (gy * sc[jt * a.N + L.ln + j * a.P] + g[j]);
+            if (L.v[j]) g[j] = ex2_(d * L.A2[j]) * (gy * sc[jt * a.N + L.ln + j * a.P] + g[j]);
     }
 #pragma unroll
     for (int j = 0; j < J; j++)
@@ -1604,7 +1615,7 @@ __global__ void __launch_bounds__(kScanThreads)
 #pragma unroll
             for (int j = 0; j < J; j++) {
                 if (jt >= js) sS[((jt - js) * J + j) * bd + tid] = s[j];
-                if (L.v[j]) s[j] = __expf(d * L.A[j]) * s[j] + du * sbt[jt * N + L.ln + j * P];
+                if (L.v[j]) s[j] = ex2_(d * L.A2[j]) * s[j] + du * sbt[jt * N + L.ln + j * P];
             }
         }
         for (int jt = je - 1; jt >= js; jt--) {
@@ -1618,7 +1629,7 @@ __global__ void __launch_bounds__(kScanThreads)
                 float pb = 0.f, pc = 0.f;
                 if (L.v[j]) {
                     float prev = sS[((jt - js) * J + j) * bd + tid];
-                    float ad = __expf(d * L.A[j]);
+                    float ad = ex2_(d * L.A2[j]);
                     float bt = sbt[jt * N + n], ct = sct[jt * N + n];
                     float cur = ad * prev + d * uu * bt;
                     float G = gy * ct + g[j];  // dL/ds_t

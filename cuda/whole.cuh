@@ -39,7 +39,7 @@
 // Status: correct (the fused-step tests run it in both modes) but slower
 // than the four kernels per block of step.cuh: 353M at 1.16 ms a step
 // against 0.93 ms on an H100. whole_bench.cu (make -C cuda whole_bench)
-// times each phase: every one of the eleven costs 1.5-3 µs, barriers
+// times each phase: most of the eleven cost 1.5-3 µs, barriers
 // included, where a few hundred ns of work was expected. It is off unless
 // MAMBABYTE_CUDA_WHOLE=1 (or =global).
 

@@ -10,6 +10,9 @@
 #include "kernels.cu"
 #include <stdlib.h>
 
+// k_fill16 fills n bf16 values with small pseudo-random numbers. The timer
+// fills the whole weight buffer this way, float32 sections included: a
+// float32 whose high half is a small bf16 is about that value.
 __global__ void k_fill16(uint16_t *p, int64_t n, uint32_t seed) {
     GRID_LOOP(i, n) {
         uint32_t x = (uint32_t)i * 2654435761u ^ seed;

@@ -462,24 +462,32 @@ static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid,
     return 0;
 }
 
-// launch_pdl launches kernel on the library's stream with programmatic
-// stream serialization, so that it may start (and prefetch its weights)
-// while the kernel before it runs; the kernel calls pdl_wait before it
-// reads anything that kernel writes.
+// launch_ex launches kernel on the library's stream with one launch
+// attribute.
 template <typename... KArgs, typename... Args>
-static int launch_pdl(void (*kernel)(KArgs...), dim3 grid, size_t smem, Args... args) {
+static int launch_ex(cudaLaunchAttribute attr, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                     size_t smem, Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
-    cfg.blockDim = dim3(kStepThreads);
+    cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = g_stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
+    cfg.attrs = &attr;
     cfg.numAttrs = 1;
     CK(cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...));
     return 0;
+}
+
+// launch_pdl launches kernel with programmatic stream serialization, so
+// that it may start (and prefetch its weights) while the kernel before it
+// runs; the kernel calls pdl_wait before it reads anything that kernel
+// writes.
+template <typename... KArgs, typename... Args>
+static int launch_pdl(void (*kernel)(KArgs...), dim3 grid, size_t smem, Args... args) {
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    return launch_ex(attr, kernel, grid, dim3(kStepThreads), smem, args...);
 }
 
 template <typename W>

@@ -683,17 +683,10 @@ extern "C" int mb_step_whole(const mb_whole_shape *s, const void *weights, float
     }
     if (allow_smem(k_step_whole, smem)) return 1;
     CK(cudaMemsetAsync(p.bar, 0, sizeof(unsigned), g_stream));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)G);
-    cfg.blockDim = dim3(kWholeThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = g_stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&cfg, k_step_whole, p));
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    if (launch_ex(attr, k_step_whole, dim3((unsigned)G), dim3(kWholeThreads), smem, p)) return 1;
     LAUNCHED();
     return 0;
 }

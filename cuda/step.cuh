@@ -56,7 +56,10 @@ template <>
 struct Wv<__nv_bfloat16> {
     static constexpr int n = 8;
     __device__ static __forceinline__ void load(const __nv_bfloat16 *p, float *o) {
-        uint4 v = __ldg((const uint4 *)p);
+        unpack(__ldg((const uint4 *)p), o);
+    }
+    // unpack widens 8 bf16 values (16 bytes) to float.
+    __device__ static __forceinline__ void unpack(uint4 v, float *o) {
         uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -232,6 +235,26 @@ __device__ __forceinline__ float conv_step(float *st, float x, const float *cw, 
     return silu_(acc);
 }
 
+// begin_rows is the start of a matrix-vector kernel of the step over rows
+// of w (rows, cols): it lets the next kernel launch, asks L2 for its rows,
+// waits for the kernels before, and loads the block's tile of vectors from
+// x (B, cols) into shared memory. It returns the tile (row stride *ldx),
+// the tile's first stream *s0 and its number of streams *nb.
+template <typename W, int SB>
+__device__ __forceinline__ float *begin_rows(const W *w, int64_t rows, const float *x,
+                                             int64_t cols, int B, int *ldx, int *s0, int *nb) {
+    extern __shared__ float4 sm_[];
+    float *xs = (float *)sm_;
+    *ldx = (int)((cols + 3) & ~3);
+    *s0 = blockIdx.y * SB, *nb = min(SB, B - *s0);
+    pdl_start();
+    prefetch_rows(w, rows, cols);
+    pdl_wait();
+    load_tile<SB>(xs, *ldx, x + (int64_t)*s0 * cols, cols, *nb);
+    __syncthreads();
+    return xs;
+}
+
 // 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D); for each channel e < E the conv
 // follows at once: u = silu(conv(state, xi)), the conv state shifted. z
 // goes to xz (B, 2E) (its first E columns are left alone).
@@ -240,15 +263,8 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_in(float *xz, float *u, float *conv, const float *h, const float *nw, const float *nb,
               float eps, int rms, const float *cw, const float *cb, const W *w, int64_t D,
               int64_t E, int K, int B, bool vec) {
-    extern __shared__ float4 sm_[];
-    float *xs = (float *)sm_;
-    int ldx = (int)((D + 3) & ~3);
-    int s0 = blockIdx.y * SB, nb_ = min(SB, B - s0);
-    pdl_start();
-    prefetch_rows(w, 2 * E, D);
-    pdl_wait();
-    load_tile<SB>(xs, ldx, h + (int64_t)s0 * D, D, nb_);
-    __syncthreads();
+    int ldx, s0, nb_;
+    float *xs = begin_rows<W, SB>(w, 2 * E, h, D, B, &ldx, &s0, &nb_);
     norm_tile<SB>(xs, ldx, nb_, nw, nb, D, eps, rms);
     __syncthreads();
     tile_rows<W, SB>(w, 2 * E, D, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
@@ -265,15 +281,8 @@ template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                 int rms, const W *w, int64_t D, int64_t V, int B, bool vec) {
-    extern __shared__ float4 sm_[];
-    float *xs = (float *)sm_;
-    int ldx = (int)((D + 3) & ~3);
-    int s0 = blockIdx.y * SB, nb_ = min(SB, B - s0);
-    pdl_start();
-    prefetch_rows(w, V, D);
-    pdl_wait();
-    load_tile<SB>(xs, ldx, h + (int64_t)s0 * D, D, nb_);
-    __syncthreads();
+    int ldx, s0, nb_;
+    float *xs = begin_rows<W, SB>(w, V, h, D, B, &ldx, &s0, &nb_);
     norm_tile<SB>(xs, ldx, nb_, nw, nb, D, eps, rms);
     __syncthreads();
     tile_rows<W, SB>(w, V, D, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
@@ -285,15 +294,8 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B, bool vec) {
-    extern __shared__ float4 sm_[];
-    float *xs = (float *)sm_;
-    int ldx = (int)((E + 3) & ~3);
-    int s0 = blockIdx.y * SB, nb_ = min(SB, B - s0);
-    pdl_start();
-    prefetch_rows(w, rows, E);
-    pdl_wait();
-    load_tile<SB>(xs, ldx, u + (int64_t)s0 * E, E, nb_);
-    __syncthreads();
+    int ldx, s0, nb_;
+    float *xs = begin_rows<W, SB>(w, rows, u, E, B, &ldx, &s0, &nb_);
     tile_rows<W, SB>(w, rows, E, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
         xdbl[(int64_t)(s0 + s) * rows + r] = v;
     });
@@ -303,15 +305,8 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec) {
-    extern __shared__ float4 sm_[];
-    float *xs = (float *)sm_;
-    int ldx = (int)((E + 3) & ~3);
-    int s0 = blockIdx.y * SB, nb_ = min(SB, B - s0);
-    pdl_start();
-    prefetch_rows(w, D, E);
-    pdl_wait();
-    load_tile<SB>(xs, ldx, g + (int64_t)s0 * E, E, nb_);
-    __syncthreads();
+    int ldx, s0, nb_;
+    float *xs = begin_rows<W, SB>(w, D, g, E, B, &ldx, &s0, &nb_);
     tile_rows<W, SB>(w, D, E, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
         h[(int64_t)(s0 + s) * D + r] += v;
     });

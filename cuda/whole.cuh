@@ -161,15 +161,18 @@ __device__ void block_norm(float *xn, const float *h, int D, int Dp, const float
 // dot8 adds to acc the dot product of 8 bf16 values (one 16-byte load) with
 // 8 floats of x.
 __device__ __forceinline__ float dot8(uint4 v, const float *x, float acc) {
+    float wv[8];
+    Wv<__nv_bfloat16>::unpack(v, wv);
     float4 x0 = *(const float4 *)x, x1 = *(const float4 *)(x + 4);
-    acc += __uint_as_float(v.x << 16) * x0.x + __uint_as_float(v.x & 0xffff0000u) * x0.y;
-    acc += __uint_as_float(v.y << 16) * x0.z + __uint_as_float(v.y & 0xffff0000u) * x0.w;
-    acc += __uint_as_float(v.z << 16) * x1.x + __uint_as_float(v.z & 0xffff0000u) * x1.y;
-    acc += __uint_as_float(v.w << 16) * x1.z + __uint_as_float(v.w & 0xffff0000u) * x1.w;
+    acc += wv[0] * x0.x + wv[1] * x0.y;
+    acc += wv[2] * x0.z + wv[3] * x0.w;
+    acc += wv[4] * x1.x + wv[5] * x1.y;
+    acc += wv[6] * x1.z + wv[7] * x1.w;
     return acc;
 }
 
-__device__ __forceinline__ float bf(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+// bf reads one bf16 value (shared or global memory) as float.
+__device__ __forceinline__ float bf(const __nv_bfloat16 *p) { return Wv<__nv_bfloat16>::one(p); }
 
 // rows_dot computes, for the nrows rows row(r) (bf16, ld values, ld a
 // multiple of 8, in shared or global memory), the dot product with x (ld

@@ -93,13 +93,13 @@ func cmdBench(args []string) error {
 	}
 	if want("decode") {
 		for _, n := range streamList {
-			secs, err := benchDecode(be, decodeCfg, n, *reps)
+			secs, fused, err := benchDecode(be, decodeCfg, n, *reps)
 			if err != nil {
 				return err
 			}
 			// The fused GPU step reads bf16 copies of the weights in bf16 mode.
 			wtype, wsize := "fp32", 4.0
-			if p, ok := be.(interface{ Precision() string }); ok && p.Precision() == "bf16" && os.Getenv("MAMBABYTE_CUDA_FUSED") != "0" {
+			if p, ok := be.(interface{ Precision() string }); ok && p.Precision() == "bf16" && fused {
 				wtype, wsize = "bf16", 2
 			}
 			wbytes := wsize * float64(decodeCfg.NumParams())
@@ -193,11 +193,12 @@ func benchGemm(m, n, k, reps int) float64 {
 	return 2 * float64(m) * float64(n) * float64(k) / median(times)
 }
 
-// benchDecode returns the median seconds per recurrent step.
-func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float64, error) {
+// benchDecode returns the median seconds per recurrent step and whether the
+// steps ran through the backend's fused step.
+func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (secs float64, fused bool, err error) {
 	m, err := model.New(cfg, be)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	m.Init(1)
 	st := m.NewState(streams)
@@ -205,7 +206,7 @@ func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float
 	ids := make([]int32, streams)
 	for i := 0; i < 3; i++ {
 		if _, err := sp.Step(st, ids); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 	var times []float64
@@ -216,13 +217,13 @@ func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (float
 		for i := 0; i < steps; i++ {
 			ids[0] = int32(i)
 			if _, err := sp.Step(st, ids); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 		}
 		syncBackend(be)
 		times = append(times, time.Since(start).Seconds()/steps)
 	}
-	return median(times), nil
+	return median(times), sp.Fused(), nil
 }
 
 // benchTrain returns the median seconds of a full training step

@@ -19,6 +19,8 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "mambabyte_cuda.h"
 
@@ -1456,6 +1458,10 @@ __global__ void __launch_bounds__(kScanThreads)
     if (L.ce && L.ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
 }
 
+// The carry kernels' chains are short on arithmetic; each loads this many
+// chunks' inputs at a time, so their latencies overlap.
+static const int kCarryBatch = 8;
+
 // One thread per (b, e, n) in chunk order: start[c] = S; S = exp(A·ΣΔ_c)·S
 // + loc[c], from S = s0 (or zero).
 __global__ void k_scan_carry(float *start, const float *loc, const float *dsum, const float *A,
@@ -1463,10 +1469,23 @@ __global__ void k_scan_carry(float *start, const float *loc, const float *dsum, 
     GRID_LOOP(i, B * E * N) {
         int64_t n = i % N, e = (i / N) % E, b = i / (E * N);
         float S = s0 ? s0[i] : 0.f, an = A[e * N + n];
-        for (int c = 0; c < nc; c++) {
-            int64_t k = ((b * nc + c) * E + e) * N + n;
-            start[k] = S;
-            if (c + 1 < nc) S = __expf(an * dsum[(b * nc + c) * E + e]) * S + loc[k];
+        // Loads a batch of chunks ahead of the chain that uses them.
+        for (int c0 = 0; c0 < nc; c0 += kCarryBatch) {
+            float lv[kCarryBatch], dv[kCarryBatch];
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++) {
+                int c = c0 + q;
+                bool ok = c + 1 < nc;
+                lv[q] = ok ? loc[((b * nc + c) * E + e) * N + n] : 0.f;
+                dv[q] = ok ? dsum[(b * nc + c) * E + e] : 0.f;
+            }
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++) {
+                int c = c0 + q;
+                if (c >= nc) break;
+                start[((b * nc + c) * E + e) * N + n] = S;
+                if (c + 1 < nc) S = __expf(an * dv[q]) * S + lv[q];
+            }
         }
     }
 }
@@ -1553,11 +1572,22 @@ __global__ void k_scan_bwd_carry(float *h, const float *dsum, const float *A, in
     GRID_LOOP(i, B * E * N) {
         int64_t n = i % N, e = (i / N) % E, b = i / (E * N);
         float H = 0.f, an = A[e * N + n];
-        for (int c = nc - 1; c >= 1; c--) {
-            int64_t k = ((b * nc + c) * E + e) * N + n;
-            float loc = h[k];
-            h[k] = H;
-            H = __expf(an * dsum[(b * nc + c) * E + e]) * H + loc;
+        // Loads a batch of chunks ahead of the chain that uses them.
+        for (int c0 = nc - 1; c0 >= 1; c0 -= kCarryBatch) {
+            float lv[kCarryBatch], dv[kCarryBatch];
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++) {
+                int c = c0 - q;
+                lv[q] = c >= 1 ? h[((b * nc + c) * E + e) * N + n] : 0.f;
+                dv[q] = c >= 1 ? dsum[(b * nc + c) * E + e] : 0.f;
+            }
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++) {
+                int c = c0 - q;
+                if (c < 1) break;
+                h[((b * nc + c) * E + e) * N + n] = H;
+                H = __expf(an * dv[q]) * H + lv[q];
+            }
         }
         h[((b * nc) * E + e) * N + n] = H;
     }
@@ -1676,6 +1706,175 @@ __global__ void __launch_bounds__(kScanThreads)
     }
 }
 
+// The four-state backward (k_scan_bwd_quad) serves N = 4·P for P in
+// {2, 4, 8}, the common state sizes, in a layout with less overhead per
+// state than k_scan_bwd_chunk: a channel is served by P lanes, lane l
+// holding the four consecutive states n = 4l..4l+3, so its staged Bt, Ct
+// values and saved states move as one float4, the sums over n for ddelta
+// and du are mostly in-lane, and the 2·4 per-step products a lane adds
+// to dBt, dCt are summed over the warp's 32/P channels by halving
+// exchanges (each step of which sends half of what is left), so each lane
+// ends with one or two finished warp sums for the block's shared-memory
+// totals. The states a sub-chunk of kScanQuadSub steps walks back over
+// are recomputed into registers (the loops over a sub-chunk are unrolled)
+// from the sub-chunk's start, which a first pass over the chunk leaves in
+// shared memory; so a block's shared memory is its staged chunk and those
+// starts, and four blocks of 128 threads fit on an SM.
+static const int kScanQuadThreads = 128;
+static const int kScanQuadSub = 8;
+
+// quad_P is the lanes per channel of k_scan_bwd_quad for N, or 0 where
+// it does not apply.
+static int quad_P(int64_t N) { return (N == 8 || N == 16 || N == 32) ? (int)(N / 4) : 0; }
+
+// quad_exchange sums the eight values v over the warp's channels (lanes
+// that differ in bits o = 16, 8, ..., P) and returns the index of the first
+// value the lane keeps in v[0..] (one for P <= 4, two for P = 8).
+// Exchanges below offset 4 (P = 2) add whole values, so lanes that differ
+// only there end with equal sums.
+template <int P>
+__device__ __forceinline__ int quad_exchange(float (&v)[8], int lane) {
+    int idx = 0;
+#pragma unroll
+    for (int o = 16, k = 8; o >= P; o >>= 1) {
+        if (k > 1) {
+            const bool up = lane & o;
+            const int hk = k / 2;
+#pragma unroll
+            for (int i = 0; i < hk; i++) {
+                float send = up ? v[i] : v[i + hk], keep = up ? v[i + hk] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            }
+            if (up) idx += hk;
+            k = hk;
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+        }
+    }
+    return idx;
+}
+
+// quad_advance takes the four states s over step jt of the staged chunk.
+template <int N>
+__device__ __forceinline__ void quad_advance(float (&s)[4], const float (&A2)[4], const float *sd,
+                                             const float *su, const float *sbt, int jt, int cpb,
+                                             int grp, int ln) {
+    const float d = sd[jt * cpb + grp], du = d * su[jt * cpb + grp];
+    const float4 b4 = *(const float4 *)&sbt[jt * N + 4 * ln];
+    s[0] = fmaf(ex2_(d * A2[0]), s[0], du * b4.x);
+    s[1] = fmaf(ex2_(d * A2[1]), s[1], du * b4.y);
+    s[2] = fmaf(ex2_(d * A2[2]), s[2], du * b4.z);
+    s[3] = fmaf(ex2_(d * A2[3]), s[3], du * b4.w);
+}
+
+// Backward, second pass, for N = 4·P: what k_scan_bwd_chunk computes, in
+// the four-state layout above.
+template <int P>
+__global__ void __launch_bounds__(kScanQuadThreads, 4)
+    k_scan_bwd_quad(ScanArgs a, int nc, float *du_out, float *ddelta_out, float *part, float *h,
+                    const float *dy, const float *ckpt) {
+    extern __shared__ float4 sh4[];
+    constexpr int N = 4 * P, Ls = kScanQuadSub;
+    constexpr int kept = P == 8 ? 2 : 1;               // finished sums per lane
+    constexpr int twin = P < 4 ? (3 & ~(P - 1)) : 0;  // lane bits of equal sums
+    ScanLane<1> L(a, blockIdx.y);  // a.P == P: indices and staging only
+    const int tid = L.tid, ln = L.ln, grp = L.grp, cpb = L.cpb, lane = tid & 31, bd = blockDim.x;
+    float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sg = su + kScanChunk * cpb;
+    float *sbt = sg + kScanChunk * cpb, *sct = sbt + kScanChunk * N, *sbc = sct + kScanChunk * N;
+    float4 *sK = (float4 *)(sbc + kScanChunk * 2 * N);  // [sub-chunk][thread]: its start
+    L.stage(sd, a.delta, a);
+    L.stage(su, a.u, a);
+    L.stage(sg, dy, a);
+    L.stage_bc(sbt, a.Bt, a);
+    L.stage_bc(sct, a.Ct, a);
+    for (int i = tid; i < kScanChunk * 2 * N; i += bd) sbc[i] = 0.f;
+    const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
+    float A[4], A2[4], g[4], dA[4], s[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        A[j] = L.ce ? a.A[(int64_t)L.e * N + 4 * ln + j] : 0.f;
+        A2[j] = A[j] * 1.4426950408889634f;
+        g[j] = L.ce ? h[at + j] : 0.f;
+        dA[j] = 0.f;
+        s[j] = L.ce ? ckpt[at + j] : 0.f;
+    }
+    const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
+    __syncthreads();
+    const int rows = L.t1 - L.t0;
+    // First pass: from the checkpoint over the chunk, keeping each
+    // sub-chunk's start. s ends as the state after the last step.
+    for (int jt = 0; jt < rows; jt++) {
+        if (jt % Ls == 0) sK[(jt / Ls) * bd + tid] = make_float4(s[0], s[1], s[2], s[3]);
+        quad_advance<N>(s, A2, sd, su, sbt, jt, cpb, grp, ln);
+    }
+    for (int js = ((rows - 1) / Ls) * Ls; js >= 0; js -= Ls) {
+        // hist[i]: the state before step js + i.
+        float hist[Ls][4];
+        {
+            const float4 k4 = sK[(js / Ls) * bd + tid];
+            hist[0][0] = k4.x, hist[0][1] = k4.y, hist[0][2] = k4.z, hist[0][3] = k4.w;
+        }
+#pragma unroll
+        for (int i = 1; i < Ls; i++) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) hist[i][j] = hist[i - 1][j];
+            if (js + i < rows) quad_advance<N>(hist[i], A2, sd, su, sbt, js + i - 1, cpb, grp, ln);
+        }
+        // Walking back, s is the state after step jt (the one before the
+        // step above it).
+#pragma unroll
+        for (int i = Ls - 1; i >= 0; i--) {
+            const int jt = js + i;
+            if (jt >= rows) continue;
+            const float d = sd[jt * cpb + grp], uu = su[jt * cpb + grp], gy = sg[jt * cpb + grp];
+            const float du = d * uu;
+            const float4 b4 = *(const float4 *)&sbt[jt * N + 4 * ln];
+            const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
+            const float bt[4] = {b4.x, b4.y, b4.z, b4.w}, ct[4] = {c4.x, c4.y, c4.z, c4.w};
+            float sa = 0.f, sgb = 0.f, v[8];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float ad = ex2_(d * A2[j]);
+                float G = fmaf(gy, ct[j], g[j]);  // dL/ds_t
+                v[4 + j] = gy * s[j];             // into dCt
+                v[j] = G * du;                    // into dBt
+                g[j] = ad * G;
+                float da = g[j] * hist[i][j];     // dL/d(Δ·A)
+                sa = fmaf(da, A[j], sa);
+                sgb = fmaf(G, bt[j], sgb);
+                dA[j] = fmaf(da, d, dA[j]);
+                s[j] = hist[i][j];
+            }
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) {
+                sa += __shfl_xor_sync(0xffffffffu, sa, o);
+                sgb += __shfl_xor_sync(0xffffffffu, sgb, o);
+            }
+            if (L.ce && ln == 0) {
+                int64_t row = L.b * a.T + L.t0 + jt;
+                du_out[row * a.E + L.e] = fmaf(d, sgb, gy * dsk);
+                ddelta_out[row * a.E + L.e] = fmaf(uu, sgb, sa);
+            }
+            int q0 = quad_exchange<P>(v, lane);
+            if ((lane & twin) == 0) {
+#pragma unroll
+                for (int k = 0; k < kept; k++) {
+                    int q = q0 + k;
+                    atomicAdd(&sbc[jt * 2 * N + (q < 4 ? 0 : N) + 4 * ln + (q & 3)], v[k]);
+                }
+            }
+        }
+    }
+    if (L.ce) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) h[at + j] = dA[j];
+    }
+    __syncthreads();
+    int64_t BT = (int64_t)gridDim.z * a.T;
+    float *p = part + ((int64_t)blockIdx.x * BT + L.b * a.T + L.t0) * 2 * N;
+    for (int i = tid; i < rows * 2 * N; i += bd) p[i] = sbc[i];
+}
+
 // dBt, dCt (rows, row stride ldbc) = Σ over channel groups of part
 // (groups, rows, 2N), in group order.
 __global__ void k_scan_dbc(float *dBt, float *dCt, int64_t ldbc, const float *part, int groups,
@@ -1791,6 +1990,25 @@ static int allow_smem(F kernel, size_t smem) {
         LAUNCHED();                                                                             \
     } while (0)
 
+// quad_ok says whether mb_scan_bwd may take k_scan_bwd_quad
+// (MAMBABYTE_CUDA_SCAN_QUAD=0 keeps k_scan_bwd_chunk for every N, for
+// comparisons).
+static bool quad_ok() {
+    static const bool ok = [] {
+        const char *v = getenv("MAMBABYTE_CUDA_SCAN_QUAD");
+        return !(v && strcmp(v, "0") == 0);
+    }();
+    return ok;
+}
+
+template <class K, class... Args>
+static int quad_launch(K kernel, dim3 grid, size_t shmem, Args... args) {
+    if (allow_smem(kernel, shmem)) return 1;
+    kernel<<<grid, kScanQuadThreads, shmem, g_stream>>>(args...);
+    LAUNCHED();
+    return 0;
+}
+
 extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const float *Bt,
                            const float *Ct, const float *A, const float *Dskip, const float *s0,
                            float *sT, float *ckpt, const mb_scan_dims *dims) {
@@ -1843,7 +2061,10 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     int P, J;
     scan_geometry(N, &P, &J);
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
-    dim3 grid = scan_grid(B, E, P, nc);
+    const int qP = quad_ok() ? quad_P(N) : 0;
+    dim3 grid = qP ? dim3((unsigned)((E + kScanQuadThreads / qP - 1) / (kScanQuadThreads / qP)),
+                          (unsigned)nc, (unsigned)B)
+                   : scan_grid(B, E, P, nc);
     int groups = (int)grid.x;
     // Workspace: carries, then dA partials (B, nc, E, N); ΣΔ (B, nc, E);
     // the channel groups' dBt, dCt partials (groups, B·T, 2N).
@@ -1866,10 +2087,23 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     }
     k_scan_bwd_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(h, dsum, A, B, nc, E, N);
     LAUNCHED();
-    // k_scan_bwd_chunk also holds the recomputed states and the block's
-    // dBt, dCt sums.
-    size_t shmem = scan_smem(P, N, 3, 2, (size_t)scan_sub_steps(J) * J * kScanThreads + 2 * kScanChunk * (size_t)N);
-    SCAN_LAUNCH(J, k_scan_bwd_chunk, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
+    if (qP) {
+        // Staged chunk (3 per-channel arrays, Bt, Ct), the block's dBt, dCt
+        // sums, and the sub-chunks' starts.
+        size_t shmem = ((size_t)kScanChunk * (3 * (kScanQuadThreads / qP) + 4 * N) +
+                        (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4) * sizeof(float);
+        a.P = qP;
+        switch (qP) {
+        case 2: if (quad_launch(k_scan_bwd_quad<2>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
+        case 4: if (quad_launch(k_scan_bwd_quad<4>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
+        default: if (quad_launch(k_scan_bwd_quad<8>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
+        }
+    } else {
+        // k_scan_bwd_chunk also holds the recomputed states and the block's
+        // dBt, dCt sums.
+        size_t shmem = scan_smem(P, N, 3, 2, (size_t)scan_sub_steps(J) * J * kScanThreads + 2 * kScanChunk * (size_t)N);
+        SCAN_LAUNCH(J, k_scan_bwd_chunk, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
+    }
     k_scan_dbc<<<grid_for(B * T * 2 * N), kThreads, 0, g_stream>>>(dBt, dCt, ldbc, part, groups, B * T, N);
     LAUNCHED();
     k_scan_dalog<<<grid_for(E * N), kThreads, 0, g_stream>>>(dAlog, h, A, B * nc, E * N);

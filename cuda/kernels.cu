@@ -1361,9 +1361,11 @@ static const int kScanChunk = 64;  // = cpu.ScanChunk
 
 // ex2_ is 2^x, approximately: the instruction __expf uses after scaling
 // its argument, which the scan's lanes do once for A instead of every step.
+// Subnormal arguments and results are taken as zero (no fix-up
+// instructions around it); a state's decay below 2^-126 is zero.
 __device__ __forceinline__ float ex2_(float x) {
     float y;
-    asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
 
@@ -1714,12 +1716,14 @@ __global__ void __launch_bounds__(kScanThreads)
 // and du are mostly in-lane, and the 2·4 per-step products a lane adds
 // to dBt, dCt are summed over the warp's 32/P channels by halving
 // exchanges (each step of which sends half of what is left), so each lane
-// ends with one or two finished warp sums for the block's shared-memory
-// totals. The states a sub-chunk of kScanQuadSub steps walks back over
-// are recomputed into registers (the loops over a sub-chunk are unrolled)
-// from the sub-chunk's start, which a first pass over the chunk leaves in
-// shared memory; so a block's shared memory is its staged chunk and those
-// starts, and four blocks of 128 threads fit on an SM.
+// ends with one or two finished warp sums; the warps leave them in shared
+// memory and the block adds them up (in warp order, no atomics) after
+// every sub-chunk of kScanQuadSub steps. The states such a sub-chunk walks
+// back over are recomputed into registers (the loops over a sub-chunk are
+// unrolled) from the sub-chunk's start, which a first pass over the chunk
+// leaves in shared memory; so a block's shared memory is its staged chunk,
+// those starts and two sub-chunks of warp sums, and four blocks of 128
+// threads fit on an SM.
 static const int kScanQuadThreads = 128;
 static const int kScanQuadSub = 8;
 
@@ -1728,13 +1732,12 @@ static const int kScanQuadSub = 8;
 static int quad_P(int64_t N) { return (N == 8 || N == 16 || N == 32) ? (int)(N / 4) : 0; }
 
 // quad_exchange sums the eight values v over the warp's channels (lanes
-// that differ in bits o = 16, 8, ..., P) and returns the index of the first
-// value the lane keeps in v[0..] (one for P <= 4, two for P = 8).
-// Exchanges below offset 4 (P = 2) add whole values, so lanes that differ
-// only there end with equal sums.
+// that differ in bits o = 16, 8, ..., P), leaving the lane's share of the
+// finished sums in v[0..] (one value for P <= 4, two for P = 8; which ones,
+// quad_first says). Exchanges below offset 4 (P = 2) add whole values, so
+// lanes that differ only there end with equal sums.
 template <int P>
-__device__ __forceinline__ int quad_exchange(float (&v)[8], int lane) {
-    int idx = 0;
+__device__ __forceinline__ void quad_exchange(float (&v)[8], int lane) {
 #pragma unroll
     for (int o = 16, k = 8; o >= P; o >>= 1) {
         if (k > 1) {
@@ -1745,26 +1748,152 @@ __device__ __forceinline__ int quad_exchange(float (&v)[8], int lane) {
                 float send = up ? v[i] : v[i + hk], keep = up ? v[i + hk] : v[i];
                 v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
             }
-            if (up) idx += hk;
             k = hk;
         } else {
             v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
         }
     }
+}
+
+// quad_first is the index in the eight values of quad_exchange of the
+// first finished sum a lane keeps.
+template <int P>
+__device__ __forceinline__ int quad_first(int lane) {
+    int idx = 0;
+#pragma unroll
+    for (int o = 16, k = 8; o >= P && k > 1; o >>= 1, k /= 2)
+        if (lane & o) idx += k / 2;
     return idx;
 }
 
 // quad_advance takes the four states s over step jt of the staged chunk.
-template <int N>
+template <int N, int cpb>
 __device__ __forceinline__ void quad_advance(float (&s)[4], const float (&A2)[4], const float *sd,
-                                             const float *su, const float *sbt, int jt, int cpb,
-                                             int grp, int ln) {
+                                             const float *su, const float *sbt, int jt, int grp,
+                                             int ln) {
     const float d = sd[jt * cpb + grp], du = d * su[jt * cpb + grp];
     const float4 b4 = *(const float4 *)&sbt[jt * N + 4 * ln];
     s[0] = fmaf(ex2_(d * A2[0]), s[0], du * b4.x);
     s[1] = fmaf(ex2_(d * A2[1]), s[1], du * b4.y);
     s[2] = fmaf(ex2_(d * A2[2]), s[2], du * b4.z);
     s[3] = fmaf(ex2_(d * A2[3]), s[3], du * b4.w);
+}
+
+// quad_load loads a lane's four values of an (E, N) array (zeros off
+// the channels).
+template <int N>
+__device__ __forceinline__ void quad_load(float (&v)[4], const float *src, bool ok, int64_t at) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) v[j] = ok ? src[at + j] : 0.f;
+}
+
+// k_scan_local in the four-state layout (N = 4·P).
+template <int P>
+__global__ void __launch_bounds__(kScanQuadThreads)
+    k_scan_local_quad(ScanArgs a, int nc, float *loc, float *dsum) {
+    extern __shared__ float4 sh4[];
+    constexpr int N = 4 * P, cpb = kScanQuadThreads / P;
+    ScanLane<1> L(a, blockIdx.y);
+    const int grp = L.grp, ln = L.ln;
+    float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sbt = su + kScanChunk * cpb;
+    L.stage(sd, a.delta, a);
+    L.stage(su, a.u, a);
+    L.stage_bc(sbt, a.Bt, a);
+    float A2[4], s[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
+    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
+#pragma unroll
+    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
+    __syncthreads();
+    const int rows = L.t1 - L.t0;
+    // Unrolled so that a step's loads and exponentials are issued ahead of
+    // the chain of states they feed.
+#pragma unroll 4
+    for (int jt = 0; jt < rows; jt++) {
+        ds += sd[jt * cpb + grp];
+        quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
+    }
+    if (L.ce) {
+        const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
+#pragma unroll
+        for (int j = 0; j < 4; j++) loc[at + j] = s[j];
+        if (ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
+    }
+}
+
+// k_scan_out in the four-state layout (N = 4·P).
+template <int P>
+__global__ void __launch_bounds__(kScanQuadThreads)
+    k_scan_out_quad(ScanArgs a, int nc, float *y, const float *start, float *sT) {
+    extern __shared__ float4 sh4[];
+    constexpr int N = 4 * P, cpb = kScanQuadThreads / P;
+    ScanLane<1> L(a, blockIdx.y);
+    const int grp = L.grp, ln = L.ln;
+    float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sbt = su + kScanChunk * cpb,
+          *sct = sbt + kScanChunk * N;
+    L.stage(sd, a.delta, a);
+    L.stage(su, a.u, a);
+    L.stage_bc(sbt, a.Bt, a);
+    L.stage_bc(sct, a.Ct, a);
+    float A2[4], s[4];
+    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
+#pragma unroll
+    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
+    quad_load<N>(s, start, L.ce && start, ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln);
+    const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
+    __syncthreads();
+    const int rows = L.t1 - L.t0;
+    float *yo = y + (L.b * a.T + L.t0) * a.E + L.e;
+#pragma unroll 4
+    for (int jt = 0; jt < rows; jt++) {
+        quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
+        const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
+        float acc = s[0] * c4.x;
+        acc = fmaf(s[1], c4.y, acc);
+        acc = fmaf(s[2], c4.z, acc);
+        acc = fmaf(s[3], c4.w, acc);
+#pragma unroll
+        for (int o = 1; o < P; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (L.ce && ln == 0) yo[(int64_t)jt * a.E] = fmaf(dsk, su[jt * cpb + grp], acc);
+    }
+    if (sT && L.c == nc - 1 && L.ce) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) sT[(L.b * a.E + L.e) * N + 4 * ln + j] = s[j];
+    }
+}
+
+// k_scan_bwd_local in the four-state layout (N = 4·P); chunk blockIdx.y + 1.
+template <int P>
+__global__ void __launch_bounds__(kScanQuadThreads)
+    k_scan_bwd_local_quad(ScanArgs a, int nc, float *hloc, float *dsum, const float *dy) {
+    extern __shared__ float4 sh4[];
+    constexpr int N = 4 * P, cpb = kScanQuadThreads / P;
+    ScanLane<1> L(a, blockIdx.y + 1);
+    const int grp = L.grp, ln = L.ln;
+    float *sd = (float *)sh4, *sg = sd + kScanChunk * cpb, *sct = sg + kScanChunk * cpb;
+    L.stage(sd, a.delta, a);
+    L.stage(sg, dy, a);
+    L.stage_bc(sct, a.Ct, a);
+    float A2[4], g[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
+    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
+#pragma unroll
+    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
+    __syncthreads();
+#pragma unroll 4
+    for (int jt = L.t1 - L.t0 - 1; jt >= 0; jt--) {
+        const float d = sd[jt * cpb + grp], gy = sg[jt * cpb + grp];
+        const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
+        ds += d;
+        g[0] = ex2_(d * A2[0]) * fmaf(gy, c4.x, g[0]);
+        g[1] = ex2_(d * A2[1]) * fmaf(gy, c4.y, g[1]);
+        g[2] = ex2_(d * A2[2]) * fmaf(gy, c4.z, g[2]);
+        g[3] = ex2_(d * A2[3]) * fmaf(gy, c4.w, g[3]);
+    }
+    if (L.ce) {
+        const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
+#pragma unroll
+        for (int j = 0; j < 4; j++) hloc[at + j] = g[j];
+        if (ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
+    }
 }
 
 // Backward, second pass, for N = 4·P: what k_scan_bwd_chunk computes, in
@@ -1777,17 +1906,28 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     constexpr int N = 4 * P, Ls = kScanQuadSub;
     constexpr int kept = P == 8 ? 2 : 1;               // finished sums per lane
     constexpr int twin = P < 4 ? (3 & ~(P - 1)) : 0;  // lane bits of equal sums
+    constexpr int cpb = kScanQuadThreads / P, bd = kScanQuadThreads, warps = bd / 32;
+    constexpr int row2 = 2 * N;  // a row of dBt, dCt sums
     ScanLane<1> L(a, blockIdx.y);  // a.P == P: indices and staging only
-    const int tid = L.tid, ln = L.ln, grp = L.grp, cpb = L.cpb, lane = tid & 31, bd = blockDim.x;
+    const int tid = L.tid, ln = L.ln, grp = L.grp, lane = tid & 31, warp = tid / 32;
     float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sg = su + kScanChunk * cpb;
-    float *sbt = sg + kScanChunk * cpb, *sct = sbt + kScanChunk * N, *sbc = sct + kScanChunk * N;
-    float4 *sK = (float4 *)(sbc + kScanChunk * 2 * N);  // [sub-chunk][thread]: its start
+    float *sbt = sg + kScanChunk * cpb, *sct = sbt + kScanChunk * N;
+    // Each warp's finished dBt, dCt sums of a sub-chunk, two sub-chunks
+    // deep: [sub-chunk parity][warp][step][2N].
+    float *sW = sct + kScanChunk * N;
+    float4 *sK = (float4 *)(sW + 2 * warps * Ls * row2);  // [sub-chunk][thread]: its start
     L.stage(sd, a.delta, a);
     L.stage(su, a.u, a);
     L.stage(sg, dy, a);
     L.stage_bc(sbt, a.Bt, a);
     L.stage_bc(sct, a.Ct, a);
-    for (int i = tid; i < kScanChunk * 2 * N; i += bd) sbc[i] = 0.f;
+    // Where the lane's finished sums go in a row; lanes that hold copies of
+    // another's sums (P = 2) write nothing.
+    const int q0 = quad_first<P>(lane);
+    const int col = (q0 < 4 ? 0 : N) + 4 * ln + (q0 & 3);
+    const bool writer = (lane & twin) == 0;
+    const int64_t BT = (int64_t)gridDim.z * a.T;
+    float *pout = part + ((int64_t)blockIdx.x * BT + L.b * a.T + L.t0) * row2;
     const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
     float A[4], A2[4], g[4], dA[4], s[4];
 #pragma unroll
@@ -1803,11 +1943,13 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     const int rows = L.t1 - L.t0;
     // First pass: from the checkpoint over the chunk, keeping each
     // sub-chunk's start. s ends as the state after the last step.
+#pragma unroll 4
     for (int jt = 0; jt < rows; jt++) {
         if (jt % Ls == 0) sK[(jt / Ls) * bd + tid] = make_float4(s[0], s[1], s[2], s[3]);
-        quad_advance<N>(s, A2, sd, su, sbt, jt, cpb, grp, ln);
+        quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
     }
     for (int js = ((rows - 1) / Ls) * Ls; js >= 0; js -= Ls) {
+        float *myW = sW + (((js / Ls) & 1) * warps + warp) * Ls * row2;
         // hist[i]: the state before step js + i.
         float hist[Ls][4];
         {
@@ -1818,7 +1960,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
         for (int i = 1; i < Ls; i++) {
 #pragma unroll
             for (int j = 0; j < 4; j++) hist[i][j] = hist[i - 1][j];
-            if (js + i < rows) quad_advance<N>(hist[i], A2, sd, su, sbt, js + i - 1, cpb, grp, ln);
+            if (js + i < rows) quad_advance<N, cpb>(hist[i], A2, sd, su, sbt, js + i - 1, grp, ln);
         }
         // Walking back, s is the state after step jt (the one before the
         // step above it).
@@ -1855,24 +1997,29 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
                 du_out[row * a.E + L.e] = fmaf(d, sgb, gy * dsk);
                 ddelta_out[row * a.E + L.e] = fmaf(uu, sgb, sa);
             }
-            int q0 = quad_exchange<P>(v, lane);
-            if ((lane & twin) == 0) {
+            quad_exchange<P>(v, lane);
+            if (writer) {
 #pragma unroll
-                for (int k = 0; k < kept; k++) {
-                    int q = q0 + k;
-                    atomicAdd(&sbc[jt * 2 * N + (q < 4 ? 0 : N) + 4 * ln + (q & 3)], v[k]);
-                }
+                for (int k = 0; k < kept; k++) myW[i * row2 + col + k] = v[k];
             }
+        }
+        // The block's sums of the sub-chunk's rows, warps in order. The
+        // buffer written next is the other one; the one after that waits
+        // for this barrier of the next sub-chunk.
+        __syncthreads();
+        const float *w0 = sW + ((js / Ls) & 1) * warps * Ls * row2;
+        const int n2 = (min(rows, js + Ls) - js) * row2;
+        for (int x = tid; x < n2; x += bd) {
+            float sum = w0[x];
+#pragma unroll
+            for (int w = 1; w < warps; w++) sum += w0[w * Ls * row2 + x];
+            pout[js * row2 + x] = sum;
         }
     }
     if (L.ce) {
 #pragma unroll
         for (int j = 0; j < 4; j++) h[at + j] = dA[j];
     }
-    __syncthreads();
-    int64_t BT = (int64_t)gridDim.z * a.T;
-    float *p = part + ((int64_t)blockIdx.x * BT + L.b * a.T + L.t0) * 2 * N;
-    for (int i = tid; i < rows * 2 * N; i += bd) p[i] = sbc[i];
 }
 
 // dBt, dCt (rows, row stride ldbc) = Σ over channel groups of part
@@ -1990,9 +2137,9 @@ static int allow_smem(F kernel, size_t smem) {
         LAUNCHED();                                                                             \
     } while (0)
 
-// quad_ok says whether mb_scan_bwd may take k_scan_bwd_quad
-// (MAMBABYTE_CUDA_SCAN_QUAD=0 keeps k_scan_bwd_chunk for every N, for
-// comparisons).
+// quad_ok says whether the scan may take the four-state kernels for N = 8,
+// 16, 32 (MAMBABYTE_CUDA_SCAN_QUAD=0 keeps the general kernels for every
+// N, for comparisons).
 static bool quad_ok() {
     static const bool ok = [] {
         const char *v = getenv("MAMBABYTE_CUDA_SCAN_QUAD");
@@ -2009,6 +2156,27 @@ static int quad_launch(K kernel, dim3 grid, size_t shmem, Args... args) {
     return 0;
 }
 
+// quad_grid is the grid of a four-state kernel over count chunks.
+static dim3 quad_grid(int64_t B, int64_t E, int qP, int count) {
+    int cpb = kScanQuadThreads / qP;
+    return dim3((unsigned)((E + cpb - 1) / cpb), (unsigned)count, (unsigned)B);
+}
+
+// quad_smem is scan_smem for a four-state kernel.
+static size_t quad_smem(int qP, int64_t N, int cols, int bcs, size_t extra) {
+    int cpb = kScanQuadThreads / qP;
+    return ((size_t)kScanChunk * ((size_t)cols * cpb + (size_t)bcs * N) + extra) * sizeof(float);
+}
+
+// Dispatch on P (2, 4, 8) to a four-state kernel template.
+#define QUAD_LAUNCH(qP, kern, grid, shmem, ...)                                                   \
+    do {                                                                                          \
+        int rc_ = qP == 2   ? quad_launch(kern<2>, grid, shmem, __VA_ARGS__)                      \
+                  : qP == 4 ? quad_launch(kern<4>, grid, shmem, __VA_ARGS__)                      \
+                            : quad_launch(kern<8>, grid, shmem, __VA_ARGS__);                     \
+        if (rc_) return 1;                                                                        \
+    } while (0)
+
 extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const float *Bt,
                            const float *Ct, const float *A, const float *Dskip, const float *s0,
                            float *sT, float *ckpt, const mb_scan_dims *dims) {
@@ -2019,7 +2187,8 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
     int Pw, Jw;
     scan_geometry_wide(N, &Pw, &Jw);
-    ScanArgs aw{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, Pw};
+    const int qP = quad_ok() ? quad_P(N) : 0;
+    ScanArgs aw{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, qP ? qP : Pw};
     const float *start = s0;
     if (nc == 1) {
         // One chunk: it starts from s0; that is also the checkpoint.
@@ -2041,12 +2210,18 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
         float *loc = carve<float>(&cur, B * nc * E * N);
         float *dsum = carve<float>(&cur, B * nc * E);
         float *st = ckpt ? ckpt : carve<float>(&cur, B * nc * E * N);
-        SCAN_LAUNCH(Jw, k_scan_local, scan_grid(B, E, Pw, nc - 1), scan_smem(Pw, N, 2, 1, 0), aw, nc, loc, dsum);
+        if (qP)
+            QUAD_LAUNCH(qP, k_scan_local_quad, quad_grid(B, E, qP, nc - 1), quad_smem(qP, N, 2, 1, 0), aw, nc, loc, dsum);
+        else
+            SCAN_LAUNCH(Jw, k_scan_local, scan_grid(B, E, Pw, nc - 1), scan_smem(Pw, N, 2, 1, 0), aw, nc, loc, dsum);
         k_scan_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(st, loc, dsum, A, s0, B, nc, E, N);
         LAUNCHED();
         start = st;
     }
-    SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
+    if (qP)
+        QUAD_LAUNCH(qP, k_scan_out_quad, quad_grid(B, E, qP, nc), quad_smem(qP, N, 2, 2, 0), aw, nc, y, start, sT);
+    else
+        SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
     return 0;
 }
 
@@ -2062,9 +2237,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     scan_geometry(N, &P, &J);
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
     const int qP = quad_ok() ? quad_P(N) : 0;
-    dim3 grid = qP ? dim3((unsigned)((E + kScanQuadThreads / qP - 1) / (kScanQuadThreads / qP)),
-                          (unsigned)nc, (unsigned)B)
-                   : scan_grid(B, E, P, nc);
+    dim3 grid = qP ? quad_grid(B, E, qP, nc) : scan_grid(B, E, P, nc);
     int groups = (int)grid.x;
     // Workspace: carries, then dA partials (B, nc, E, N); ΣΔ (B, nc, E);
     // the channel groups' dBt, dCt partials (groups, B·T, 2N).
@@ -2078,7 +2251,11 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     float *part = carve<float>(&cur, (int64_t)groups * B * T * 2 * N);
 
     ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P};
-    if (nc > 1) {
+    if (nc > 1 && qP) {
+        ScanArgs aq = a;
+        aq.P = qP;
+        QUAD_LAUNCH(qP, k_scan_bwd_local_quad, quad_grid(B, E, qP, nc - 1), quad_smem(qP, N, 2, 1, 0), aq, nc, h, dsum, dy);
+    } else if (nc > 1) {
         int Pw, Jw;
         scan_geometry_wide(N, &Pw, &Jw);
         ScanArgs aw = a;
@@ -2088,16 +2265,13 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     k_scan_bwd_carry<<<grid_for(B * E * N), kThreads, 0, g_stream>>>(h, dsum, A, B, nc, E, N);
     LAUNCHED();
     if (qP) {
-        // Staged chunk (3 per-channel arrays, Bt, Ct), the block's dBt, dCt
-        // sums, and the sub-chunks' starts.
-        size_t shmem = ((size_t)kScanChunk * (3 * (kScanQuadThreads / qP) + 4 * N) +
-                        (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4) * sizeof(float);
+        // Staged chunk (3 per-channel arrays, Bt, Ct), the sub-chunks'
+        // starts, and the warps' dBt, dCt sums of two sub-chunks.
+        size_t shmem = quad_smem(qP, N, 3, 2,
+                                 (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4 +
+                                     (size_t)2 * (kScanQuadThreads / 32) * kScanQuadSub * 2 * N);
         a.P = qP;
-        switch (qP) {
-        case 2: if (quad_launch(k_scan_bwd_quad<2>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
-        case 4: if (quad_launch(k_scan_bwd_quad<4>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
-        default: if (quad_launch(k_scan_bwd_quad<8>, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt)) return 1; break;
-        }
+        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
     } else {
         // k_scan_bwd_chunk also holds the recomputed states and the block's
         // dBt, dCt sums.

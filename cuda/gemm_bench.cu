@@ -1,8 +1,8 @@
 // gemm_bench.cu — a development timer for the training GEMMs: each shape
 // of the 353M model's step (T 8192), as mb_gemm runs it in bf16 mode
 // (float32 operands, CUBLAS_COMPUTE_32F_FAST_16BF) against cuBLAS on bf16
-// operands with float32 output and accumulation, and the cost of turning
-// a float32 operand into bf16.
+// operands with float32 output and accumulation and against TF32 on the
+// float32 operands, and the cost of turning a float32 operand into bf16.
 //
 //   make -C cuda gemm_bench && cuda/gemm_bench
 #include <cublas_v2.h>
@@ -51,21 +51,24 @@ int main() {
     cudaEventCreate(&e0); cudaEventCreate(&e1);
     const int reps = 20;
     float alpha = 1, beta = 1;
-    printf("%-24s %10s %10s %10s %10s\n", "gemm", "f32in TF/s", "bf16 TF/s", "f32in us", "bf16 us");
-    double tot32 = 0, tot16 = 0, totcv = 0;
+    printf("%-24s %10s %10s %10s %10s %10s\n", "gemm", "f32in TF/s", "bf16 TF/s", "f32in us", "bf16 us", "tf32 us");
+    double tot32 = 0, tot16 = 0, tottf = 0, totcv = 0;
     for (const Shape &s : shapes) {
         cublasOperation_t oA = s.tA ? CUBLAS_OP_T : CUBLAS_OP_N, oB = s.tB ? CUBLAS_OP_T : CUBLAS_OP_N;
         int lda = s.tA ? s.m : s.k, ldb = s.tB ? s.k : s.n, ldc = s.n;
-        float ms[2];
-        for (int v = 0; v < 2; v++) {
+        float ms[3];
+        for (int v = 0; v < 3; v++) {
             for (int r = -3; r < reps; r++) {
                 if (r == 0) cudaEventRecord(e0);
                 if (v == 0)
                     CB(cublasGemmEx(h, oB, oA, s.n, s.m, s.k, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
                                     &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
-                else
+                else if (v == 1)
                     CB(cublasGemmEx(h, oB, oA, s.n, s.m, s.k, &alpha, B16, CUDA_R_16BF, ldb, A16, CUDA_R_16BF, lda,
                                     &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                else
+                    CB(cublasGemmEx(h, oB, oA, s.n, s.m, s.k, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
+                                    &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
             }
             cudaEventRecord(e1);
             CU(cudaEventSynchronize(e1));
@@ -86,10 +89,11 @@ int main() {
         double fl = 2.0 * s.m * s.n * s.k;
         char name[64];
         snprintf(name, sizeof name, "%s%s %ldx%ldx%ld", s.tA ? "T" : "N", s.tB ? "T" : "N", s.m, s.n, s.k);
-        printf("%-24s %10.0f %10.0f %10.1f %10.1f  (both operands to bf16: %.1f us)\n", name, fl / ms[0] / 1e9,
-               fl / ms[1] / 1e9, ms[0] * 1e3, ms[1] * 1e3, mc * 1e3);
-        tot32 += ms[0]; tot16 += ms[1]; totcv += mc;
+        printf("%-24s %10.0f %10.0f %10.1f %10.1f %10.1f  (both operands to bf16: %.1f us)\n", name,
+               fl / ms[0] / 1e9, fl / ms[1] / 1e9, ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, mc * 1e3);
+        tot32 += ms[0]; tot16 += ms[1]; tottf += ms[2]; totcv += mc;
     }
-    printf("per layer: f32 operands %.3f ms, bf16 operands %.3f ms, conversions of every operand %.3f ms\n", tot32, tot16, totcv);
+    printf("per layer: f32 operands %.3f ms, bf16 operands %.3f ms, tf32 %.3f ms, conversions of every operand %.3f ms\n",
+           tot32, tot16, tottf, totcv);
     return 0;
 }

@@ -1924,10 +1924,13 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     // Where the lane's finished sums go in a row; lanes that hold copies of
     // another's sums (P = 2) write nothing.
     const int q0 = quad_first<P>(lane);
-    const int col = (q0 < 4 ? 0 : N) + 4 * ln + (q0 & 3);
     const bool writer = (lane & twin) == 0;
+    float *wcol = sW + warp * Ls * row2 + (q0 < 4 ? 0 : N) + 4 * ln + (q0 & 3);
     const int64_t BT = (int64_t)gridDim.z * a.T;
     float *pout = part + ((int64_t)blockIdx.x * BT + L.b * a.T + L.t0) * row2;
+    // The chunk's first rows of du and ddelta in the lane's channel.
+    const int E = a.E;
+    float *pdu = du_out + (L.b * a.T + L.t0) * E + L.e, *pdd = ddelta_out + (L.b * a.T + L.t0) * E + L.e;
     const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
     float A[4], A2[4], g[4], dA[4], s[4];
 #pragma unroll
@@ -1949,7 +1952,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
     }
     for (int js = ((rows - 1) / Ls) * Ls; js >= 0; js -= Ls) {
-        float *myW = sW + (((js / Ls) & 1) * warps + warp) * Ls * row2;
+        float *myW = wcol + ((js / Ls) & 1) * warps * Ls * row2;
         // hist[i]: the state before step js + i.
         float hist[Ls][4];
         {
@@ -1993,14 +1996,13 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
                 sgb += __shfl_xor_sync(0xffffffffu, sgb, o);
             }
             if (L.ce && ln == 0) {
-                int64_t row = L.b * a.T + L.t0 + jt;
-                du_out[row * a.E + L.e] = fmaf(d, sgb, gy * dsk);
-                ddelta_out[row * a.E + L.e] = fmaf(uu, sgb, sa);
+                pdu[jt * E] = fmaf(d, sgb, gy * dsk);
+                pdd[jt * E] = fmaf(uu, sgb, sa);
             }
             quad_exchange<P>(v, lane);
             if (writer) {
 #pragma unroll
-                for (int k = 0; k < kept; k++) myW[i * row2 + col + k] = v[k];
+                for (int k = 0; k < kept; k++) myW[i * row2 + k] = v[k];
             }
         }
         // The block's sums of the sub-chunk's rows, warps in order. The

@@ -37,6 +37,7 @@ func windowHash(seed uint64, step, micro, row int) uint64 {
 type Sampler struct {
 	corpus *Corpus
 	b, t   int
+	row0   int // first row of each batch (a shard's; see Shard)
 	seed   uint64
 	runs   []Range  // training ranges that hold at least one window
 	cum    []uint64 // cum[i]: window starts in runs[:i]; len(runs)+1 entries
@@ -101,7 +102,7 @@ func (sp *Sampler) Offsets(dst []int64, step, micro int) {
 		panic(fmt.Sprintf("data: Sampler.Offsets: len(dst) = %d, want B = %d", len(dst), sp.b))
 	}
 	for row := range dst {
-		dst[row] = sp.Offset(step, micro, row)
+		dst[row] = sp.Offset(step, micro, sp.row0+row)
 	}
 }
 
@@ -118,7 +119,7 @@ func (sp *Sampler) Batch(dst []byte, step, micro int) error {
 	for lo := 0; lo < sp.b; lo += len(offs) {
 		n := min(sp.b-lo, len(offs))
 		for r := range n {
-			offs[r] = sp.Offset(step, micro, lo+r)
+			offs[r] = sp.Offset(step, micro, sp.row0+lo+r)
 		}
 		if err := sp.corpus.ReadWindows(dst[lo*w:(lo+n)*w], offs[:n], w); err != nil {
 			return err

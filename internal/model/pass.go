@@ -35,6 +35,11 @@ type Pass struct {
 
 	// Backward scratch.
 	dh, dn, dg, dy, dxz, du, ddelta, dxdbl backend.Tensor
+
+	// gradReady is called as Backward finishes each GradRange
+	// (gradready.go); ranges caches the model's GradRanges.
+	gradReady func(GradRange)
+	ranges    []GradRange
 }
 
 // layerActs is what one layer's forward keeps for its backward.
@@ -312,6 +317,7 @@ func (p *Pass) Backward() error {
 	be.Gemm(false, false, BT, D, V, 1, dlogits, V, m.p.head, D, 0, p.dn, D)
 	be.Zero(p.dh)
 	be.NormBackward(p.dh, m.g.normF, m.g.normFB, p.dn, p.hL, m.p.normF, p.meanF, p.rstdF, BT, D, rms)
+	p.gradDone(0)
 
 	for l := c.NLayer - 1; l >= 0; l-- {
 		a := p.actsFor(l)
@@ -348,8 +354,10 @@ func (p *Pass) Backward() error {
 		be.Gemm(false, false, BT, D, 2*E, 1, p.dxz, 2*E, w.inProj, D, 0, p.dn, D)
 		// 1. norm: the residual passes dh through; the norm adds its part.
 		be.NormBackward(p.dh, gw.norm, gw.normB, p.dn, a.hIn, w.norm, a.mean, a.rstd, BT, D, rms)
+		p.gradDone(c.NLayer - l)
 	}
 	be.EmbedBackward(m.g.embed, p.dh, p.ids, BT, D)
+	p.gradDone(c.NLayer + 1)
 	p.grad = false
 	return nil
 }

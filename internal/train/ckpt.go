@@ -10,6 +10,7 @@ import (
 
 	"github.com/mambabyte/mambabyte/internal/backend"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
+	"github.com/mambabyte/mambabyte/internal/dist"
 	"github.com/mambabyte/mambabyte/internal/model"
 )
 
@@ -30,14 +31,41 @@ const optimizerFile = "optimizer.safetensors"
 type trainerState struct {
 	FormatVersion int     `json:"format_version"`
 	Step          int     `json:"step"`
-	Options       Options `json:"options"`
+	Options       Options `json:"options"` // Options.Batch is the job's whole micro-batch
+	// World is the number of processes of the job that wrote the
+	// checkpoint (information only: a run resumes on any number that
+	// divides the batch).
+	World int `json:"world,omitempty"`
 }
 
 // StepDir is the name of the checkpoint of a step.
 func StepDir(step int) string { return fmt.Sprintf("step-%08d", step) }
 
-// Save writes a checkpoint of the current step and prunes old ones.
+// Save writes a checkpoint of the current step and prunes old ones. In a
+// data-parallel job it is collective: rank 0 writes, every rank waits
+// until it has, and all of them fail if it could not.
 func (t *Trainer) Save() error {
+	if t.Comm == nil {
+		return t.save()
+	}
+	var err error
+	if t.rank() == 0 {
+		err = t.save()
+	}
+	failed := []float64{0}
+	if err != nil {
+		failed[0] = 1
+	}
+	if e := t.Comm.AllReduceHost(failed, dist.Sum); e != nil && err == nil {
+		err = fmt.Errorf("checkpoint of step %d: waiting for rank 0 to write it: %w", t.Step, e)
+	}
+	if err == nil && failed[0] != 0 {
+		err = fmt.Errorf("rank 0 could not write the checkpoint of step %d (its own message says why)", t.Step)
+	}
+	return err
+}
+
+func (t *Trainer) save() error {
 	if err := os.MkdirAll(t.Out, 0o755); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
@@ -74,7 +102,7 @@ func (t *Trainer) Save() error {
 	}, map[string]string{"format": "mambabyte-adamw"}); err != nil {
 		return fail(err)
 	}
-	st, err := json.MarshalIndent(trainerState{FormatVersion: 1, Step: t.Step, Options: t.Opt}, "", "  ")
+	st, err := json.MarshalIndent(trainerState{FormatVersion: 1, Step: t.Step, Options: t.Opt, World: t.world()}, "", "  ")
 	if err != nil {
 		return fail(err)
 	}

@@ -47,10 +47,16 @@ func (o *AdamW) Step(m *model.Model, step int, lr float64) {
 // clipping.
 func ClipGradNorm(m *model.Model, maxNorm float64) float64 {
 	norm := math.Sqrt(m.BE.SumSquares(m.Grads))
+	clipToNorm(m, norm, maxNorm)
+	return norm
+}
+
+// clipToNorm scales gradients whose global norm is norm so that it is at
+// most maxNorm (nothing when maxNorm <= 0).
+func clipToNorm(m *model.Model, norm, maxNorm float64) {
 	if maxNorm > 0 && norm > maxNorm {
 		m.BE.Scale(m.Grads, float32(maxNorm/(norm+1e-6)))
 	}
-	return norm
 }
 
 // LR is the learning rate at step (counting from 1): linear warm-up from

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
+	"github.com/mambabyte/mambabyte/internal/dist"
 	"github.com/mambabyte/mambabyte/internal/model"
 )
 
@@ -24,7 +25,7 @@ import (
 type Options struct {
 	Model       model.Config `json:"model"`
 	Steps       int          `json:"steps"`   // optimizer steps in all
-	Batch       int          `json:"batch"`   // windows per micro-batch
+	Batch       int          `json:"batch"`   // windows per micro-batch, over all ranks of a data-parallel job
 	Accum       int          `json:"accum"`   // micro-batches per step
 	SeqLen      int          `json:"seq_len"` // T: bytes predicted per window
 	LR          float64      `json:"lr"`      // peak learning rate
@@ -97,7 +98,10 @@ func (o Options) BytesPerStep() int64 { return int64(o.Batch) * int64(o.Accum) *
 type Data interface {
 	// Batch fills dst, rows windows of T+1 bytes one after another, with the
 	// training windows of micro-batch micro of step step. The same
-	// arguments must always give the same bytes.
+	// arguments must always give the same bytes. In a data-parallel job
+	// (Trainer.Comm) each rank's Data serves its own share: rows
+	// [rank·Batch/world, (rank+1)·Batch/world) of the micro-batch (see
+	// data.Sampler.Shard).
 	Batch(step, micro int, dst []byte) error
 	// Validation returns the fixed validation windows of T+1 bytes.
 	Validation() [][]byte
@@ -121,11 +125,22 @@ type Metrics struct {
 var ErrStopped = errors.New("training stopped; a checkpoint of the last finished step was saved")
 
 // Trainer runs one training run.
+//
+// In a data-parallel job every rank runs a Trainer with the same Options
+// and its own share of each micro-batch (Options.Batch/world windows).
+// The ranks sum their gradients, each scaled by the job's whole byte
+// count, so the step is the one a single process with the whole batch
+// would take; rank 0 alone validates and writes checkpoints.
 type Trainer struct {
 	Opt   Options
 	Model *model.Model
 	Out   string // checkpoint directory
 	Step  int    // optimizer steps done
+
+	// Comm is the job's communicator in data-parallel training; nil runs
+	// alone. With a Comm (even of one rank) every step sums the gradients
+	// through it. Set it before Run.
+	Comm dist.Comm
 
 	optim   *AdamW
 	data    Data
@@ -133,6 +148,9 @@ type Trainer struct {
 	valPass *model.Pass
 	buf     []byte
 	ids, tg []int32
+	// stop is set when the ranks of a job agreed to stop after the step
+	// just taken.
+	stop bool
 
 	// Log receives a Metrics value at every log step and validation.
 	Log func(Metrics)
@@ -157,19 +175,56 @@ func New(opt Options, be backend.Backend, data Data, out string) (*Trainer, erro
 
 func newTrainer(opt Options, m *model.Model, data Data, out string) *Trainer {
 	m.AllocGrads()
-	t := &Trainer{
+	return &Trainer{
 		Opt: opt, Model: m, Out: out, data: data,
 		optim: NewAdamW(m, opt.Beta1, opt.Beta2, opt.Eps, opt.WeightDecay),
-		buf:   make([]byte, opt.Batch*(opt.SeqLen+1)),
-		ids:   make([]int32, opt.Batch*opt.SeqLen),
-		tg:    make([]int32, opt.Batch*opt.SeqLen),
 	}
-	if opt.Recompute {
-		t.pass = m.NewRecomputePass(opt.Batch, opt.SeqLen)
+}
+
+// world is the number of ranks, rank this process's.
+func (t *Trainer) world() int {
+	if t.Comm == nil {
+		return 1
+	}
+	return t.Comm.Size()
+}
+
+func (t *Trainer) rank() int {
+	if t.Comm == nil {
+		return 0
+	}
+	return t.Comm.Rank()
+}
+
+// Rows is the number of windows this process reads per micro-batch:
+// Options.Batch divided by the number of ranks.
+func (t *Trainer) Rows() int { return t.Opt.Batch / t.world() }
+
+// prepare allocates the training pass for this rank's rows and, in a
+// job, makes every rank start from rank 0's state.
+func (t *Trainer) prepare() error {
+	if t.pass != nil {
+		return nil
+	}
+	o := t.Opt
+	if w := t.world(); o.Batch%w != 0 {
+		return fmt.Errorf("rank %d: the batch of %d windows does not split evenly over %d processes; "+
+			"the batch is the job's whole micro-batch (it is kept on resume), so choose a number of GPUs that divides it "+
+			"(or start the run with a --batch that is a multiple of %d)", t.rank(), o.Batch, w, w)
+	}
+	if err := t.syncRanks(); err != nil {
+		return err
+	}
+	rows := t.Rows()
+	t.buf = make([]byte, rows*(o.SeqLen+1))
+	t.ids = make([]int32, rows*o.SeqLen)
+	t.tg = make([]int32, rows*o.SeqLen)
+	if o.Recompute {
+		t.pass = t.Model.NewRecomputePass(rows, o.SeqLen)
 	} else {
-		t.pass = m.NewPass(opt.Batch, opt.SeqLen, true)
+		t.pass = t.Model.NewPass(rows, o.SeqLen, true)
 	}
-	return t
+	return nil
 }
 
 // split turns rows windows of T+1 bytes into ids and next-byte targets.
@@ -189,14 +244,20 @@ func split(buf []byte, ids, tg []int32, rows, T int) {
 // error before the bad step touches the weights; checkpoints on disk stay
 // as they were.
 func (t *Trainer) Run(ctx context.Context) error {
+	if err := t.prepare(); err != nil {
+		return err
+	}
 	o := t.Opt
 	m := t.Model
 	start := time.Now()
 	stepBytes := o.BytesPerStep()
+	rows := t.Rows()
 	lastSaved := -1
 	var rate float64 // bytes/s, smoothed
 	for t.Step < o.Steps {
-		if ctx.Err() != nil {
+		// One process stops when its context ends; the ranks of a job
+		// stop together, after the step at which they agreed to.
+		if (t.Comm == nil && ctx.Err() != nil) || t.stop {
 			if lastSaved != t.Step {
 				if err := t.Save(); err != nil {
 					return err
@@ -209,22 +270,61 @@ func (t *Trainer) Run(ctx context.Context) error {
 		m.ZeroGrads()
 		scale := float32(1 / float64(stepBytes))
 		var sum float64
+		var reduceErr error
 		for k := 0; k < o.Accum; k++ {
 			if err := t.data.Batch(step, k, t.buf); err != nil {
 				return fmt.Errorf("step %d: reading training data: %w", step, err)
 			}
-			split(t.buf, t.ids, t.tg, o.Batch, o.SeqLen)
+			split(t.buf, t.ids, t.tg, rows, o.SeqLen)
 			s, _, err := t.pass.Forward(t.ids, t.tg, nil, nil, scale)
 			if err != nil {
 				return err
 			}
-			if err := t.pass.Backward(); err != nil {
+			if t.Comm != nil && k == o.Accum-1 {
+				// Sum each layer's gradients over the ranks as soon as
+				// the last micro-batch's backward has finished them.
+				t.pass.OnGradReady(func(r model.GradRange) {
+					if reduceErr == nil {
+						reduceErr = t.Comm.AllReduce(m.Grads.Slice(r.Off, r.Len), dist.Sum)
+					}
+				})
+			}
+			err = t.pass.Backward()
+			t.pass.OnGradReady(nil)
+			if err != nil {
 				return err
 			}
 			sum += s
 		}
-		loss := sum / float64(stepBytes)
-		norm := ClipGradNorm(m, o.Clip)
+		var loss, norm float64
+		if t.Comm == nil {
+			loss = sum / float64(stepBytes)
+			norm = ClipGradNorm(m, o.Clip)
+		} else {
+			if reduceErr == nil {
+				reduceErr = t.Comm.Wait()
+			}
+			if reduceErr != nil {
+				return fmt.Errorf("step %d: summing the gradients over the ranks: %w", step, reduceErr)
+			}
+			// The job's loss, whether any rank was asked to stop, and rank
+			// 0's gradient norm (the gradients are the same on every
+			// rank; one norm keeps the clipping the same bit for bit).
+			v := []float64{sum, 0, 0}
+			if ctx.Err() != nil {
+				v[1] = 1
+			}
+			if t.rank() == 0 {
+				v[2] = m.BE.SumSquares(m.Grads)
+			}
+			if err := t.Comm.AllReduceHost(v, dist.Sum); err != nil {
+				return fmt.Errorf("step %d: %w", step, err)
+			}
+			loss = v[0] / float64(stepBytes)
+			t.stop = v[1] > 0
+			norm = math.Sqrt(v[2])
+			clipToNorm(m, norm, o.Clip)
+		}
 		if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
 			return fmt.Errorf("step %d: the loss is %g and the gradient norm %g; stopping before this step changes the weights (checkpoints on disk are untouched; try a lower --lr)", step, loss, norm)
 		}
@@ -244,7 +344,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 			BytesPerSec: rate, Bytes: int64(step) * stepBytes, Elapsed: time.Since(start).Seconds(),
 		}
 		validate := step == o.Steps || (o.ValEvery > 0 && step%o.ValEvery == 0)
-		if validate {
+		if validate && t.rank() == 0 {
 			v, err := t.ValidationBPB()
 			if err != nil {
 				return err
@@ -275,7 +375,7 @@ func (t *Trainer) ValidationBPB() (float64, error) {
 		return 0, fmt.Errorf("validation: no windows")
 	}
 	T := len(val[0]) - 1
-	B := min(t.Opt.Batch, len(val))
+	B := min(max(t.Rows(), 1), len(val))
 	if t.valPass == nil || t.valPass.B != B || t.valPass.T != T {
 		t.valPass = t.Model.NewPass(B, T, false)
 	}

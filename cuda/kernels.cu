@@ -13,6 +13,7 @@
 // embedding gradient and the scan's dBt/dCt (sums over channels) use atomics.
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -619,6 +620,55 @@ static int gemv_nt(float *c, int64_t ldc, const float *a, int64_t lda, const flo
     return 0;
 }
 
+// In bf16 mode a GEMM whose sides are all at least kGemmBf16Min runs on
+// bf16 copies of its operands, made just before it: cuBLAS then takes its
+// bf16 kernels, about twice the rate it reaches on float32 operands with
+// CUBLAS_COMPUTE_32F_FAST_16BF (which rounds them to bf16 all the same),
+// which is more than the copies cost (cuda/gemm_bench.cu times both).
+// Thinner GEMMs gain less than the copies cost and stay on float32
+// operands.
+static const int64_t kGemmBf16Min = 512;
+
+// gemm_bf16_ok says whether such GEMMs may take the bf16 copies
+// (MAMBABYTE_CUDA_GEMM_PACK=0 keeps float32 operands, for comparisons).
+static bool gemm_bf16_ok() {
+    static const bool ok = [] {
+        const char *v = getenv("MAMBABYTE_CUDA_GEMM_PACK");
+        return !(v && strcmp(v, "0") == 0);
+    }();
+    return ok;
+}
+
+// k_pack_bf16 writes src (rows, cols; row stride ld) as packed bf16 rows;
+// vec: cols and ld are multiples of 4 and src is 16-byte aligned.
+template <bool vec>
+__global__ void k_pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_t cols,
+                            int64_t ld) {
+    if (vec) {
+        int64_t q = cols / 4;
+        GRID_LOOP(i, rows * q) {
+            int64_t r = i / q, c = (i - r * q) * 4;
+            float4 v = *(const float4 *)&src[r * ld + c];
+            __nv_bfloat162 *d = (__nv_bfloat162 *)&dst[r * cols + c];
+            d[0] = __floats2bfloat162_rn(v.x, v.y);
+            d[1] = __floats2bfloat162_rn(v.z, v.w);
+        }
+    } else {
+        GRID_LOOP(i, rows * cols) {
+            int64_t r = i / cols, c = i - r * cols;
+            dst[i] = __float2bfloat16_rn(src[r * ld + c]);
+        }
+    }
+}
+
+static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_t cols, int64_t ld) {
+    bool vec = cols % 4 == 0 && ld % 4 == 0 && (uintptr_t)src % 16 == 0;
+    if (vec)
+        k_pack_bf16<true><<<grid_for(rows * cols / 4), kThreads, 0, g_stream>>>(dst, src, rows, cols, ld);
+    else
+        k_pack_bf16<false><<<grid_for(rows * cols), kThreads, 0, g_stream>>>(dst, src, rows, cols, ld);
+}
+
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                        float *c, int64_t ldc, int mode) {
@@ -646,6 +696,20 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
     if (mode == 0) {
         CKB(cublasSgemm(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, (int)ldb, a,
                         (int)lda, &beta, c, (int)ldc));
+    } else if (m >= kGemmBf16Min && n >= kGemmBf16Min && k >= kGemmBf16Min && gemm_bf16_ok()) {
+        // As stored: A is (k, m) when transposed, else (m, k); B likewise.
+        int64_t ar = transA ? k : m, ac = transA ? m : k, br = transB ? n : k, bc = transB ? k : n;
+        void *wsv;
+        if (workspace(carve_size<__nv_bfloat16>(ar * ac) + carve_size<__nv_bfloat16>(br * bc), &wsv)) return 1;
+        char *cur = (char *)wsv;
+        __nv_bfloat16 *a16 = carve<__nv_bfloat16>(&cur, ar * ac), *b16 = carve<__nv_bfloat16>(&cur, br * bc);
+        pack_bf16(a16, a, ar, ac, lda);
+        LAUNCHED();
+        pack_bf16(b16, b, br, bc, ldb);
+        LAUNCHED();
+        CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF,
+                         (int)bc, a16, CUDA_R_16BF, (int)ac, &beta, c, CUDA_R_32F, (int)ldc,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     } else {
         CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
                          (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,

@@ -24,6 +24,11 @@ type Options struct {
 	// Precision on the GPU: "bf16" (the default: bf16 tensor-core matrix
 	// products with fp32 accumulation and fp32 storage) or "fp32".
 	Precision string
+	// GPU is the CUDA device ordinal (default 0); one per process. CUDA's
+	// current device belongs to an OS thread, so a caller that picks a
+	// GPU other than 0 must make every call from one locked thread
+	// (runtime.LockOSThread).
+	GPU int
 }
 
 // NewBackend returns the compute backend opts name. DeviceAuto falls back
@@ -40,7 +45,7 @@ func NewBackend(opts Options) (backend.Backend, error) {
 		}
 		// MAMBABYTE_CUDA_SYNC=1 waits after every kernel, so that a failure
 		// is reported by the operation that caused it (slow; for debugging).
-		b, err := cuda.New(cuda.Options{Precision: prec, Sync: os.Getenv("MAMBABYTE_CUDA_SYNC") != ""})
+		b, err := cuda.New(cuda.Options{Precision: prec, Device: opts.GPU, Sync: os.Getenv("MAMBABYTE_CUDA_SYNC") != ""})
 		if err == nil {
 			return b, nil
 		}

@@ -16,6 +16,9 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("MB_FAKE_WORKER"); mode != "" {
+		os.Exit(fakeWorker(mode)) // launch_test.go
+	}
 	dir, err := os.MkdirTemp("", "mambabyte-cli")
 	if err != nil {
 		panic(err)

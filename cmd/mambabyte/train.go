@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/mambabyte/mambabyte"
 	"github.com/mambabyte/mambabyte/internal/checkpoint"
 	"github.com/mambabyte/mambabyte/internal/data"
+	"github.com/mambabyte/mambabyte/internal/dist"
 	"github.com/mambabyte/mambabyte/internal/model"
 	"github.com/mambabyte/mambabyte/internal/train"
 )
@@ -52,7 +54,7 @@ func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func cmdTrain(args []string) error {
-	fs := newFlags("train", "--data PATH [--data PATH ...] --out DIR [--preset NAME] [flags]")
+	fs := newFlags("train", "--data PATH [--data PATH ...] --out DIR [--preset NAME] [--gpus N] [flags]")
 	var specs stringList
 	fs.Var(&specs, "data", "training text: a `file`, directory or glob; .gz and .dz are decompressed (repeatable)")
 	out := fs.String("out", "", "run `directory`: checkpoints, metrics.jsonl, curve.svg")
@@ -91,6 +93,11 @@ func cmdTrain(args []string) error {
 	keep := fs.Int("keep", d.Keep, "checkpoints kept (0: all)")
 	recompute := fs.Bool("recompute", false, "keep only each layer's input for the backward pass and recompute the rest (each layer's forward runs twice, for a fraction of the memory; a resumed run may change it)")
 	dev := deviceFlags(fs)
+	gpus := fs.Int("gpus", 1, "GPUs of this host to train on in data parallel, one worker process each (with --device cuda; --batch is the whole batch, split evenly over all GPUs)")
+	nodes := fs.Int("nodes", 1, "hosts of a multi-host job: run the same command on each, with its --node-rank and one --rendezvous")
+	nodeRank := fs.Int("node-rank", 0, "this host's index in a multi-host job, 0 … nodes-1")
+	rendezvous := fs.String("rendezvous", "", "`host:port` of node 0 where the workers meet (default: a free local port; required with --nodes)")
+	fs.Usage = trainUsage(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -102,6 +109,17 @@ func cmdTrain(args []string) error {
 	if len(specs) == 0 {
 		return fmt.Errorf("--data is required (a file, directory or glob)")
 	}
+	job, worker, err := dist.FromEnv(os.Getenv)
+	if err != nil {
+		return fmt.Errorf("worker environment: %w", err)
+	}
+	if !worker && (*gpus != 1 || *nodes != 1 || set["node-rank"] || set["rendezvous"]) {
+		return launchWorkers(args, *gpus, *nodes, *nodeRank, *rendezvous)
+	}
+	if !worker {
+		job = dist.Env{World: 1}
+	}
+	lead := job.Rank == 0 // prints, logs and writes checkpoints
 
 	// The options the flags describe (a fresh run's).
 	p, ok := presets[*presetName]
@@ -210,12 +228,40 @@ func cmdTrain(args []string) error {
 	if err != nil {
 		return err
 	}
-	be, err := mambabyte.NewBackend(dev.options())
+	if worker {
+		if opt.Batch%job.World != 0 {
+			return fmt.Errorf("the batch of %d windows does not split evenly over %d GPUs: --batch is the whole batch of the job (a resumed run keeps its own), so use a number of GPUs that divides it, or start the run with a --batch that is a multiple of %d", opt.Batch, job.World, job.World)
+		}
+		if src.s, err = src.s.Shard(job.Rank, job.World); err != nil {
+			return err
+		}
+	}
+	bopts := dev.options()
+	if worker && *dev.device != mambabyte.DeviceCPU {
+		// The worker's GPU is its local rank; CUDA's current device is
+		// per thread, so every CUDA call comes from this one.
+		runtime.LockOSThread()
+		bopts.GPU = job.LocalRank
+	}
+	be, err := mambabyte.NewBackend(bopts)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var comm dist.Comm
+	if worker {
+		hostComm := os.Getenv("MAMBABYTE_DIST_CPU") == "1"
+		if be.Name() == mambabyte.DeviceCPU && !hostComm {
+			return fmt.Errorf("rank %d: data-parallel training runs on GPUs (--device cuda) through NCCL; MAMBABYTE_DIST_CPU=1 runs CPU workers through a slow TCP communicator meant for tests", job.Rank)
+		}
+		if comm, err = dist.Connect(ctx, job, be, hostComm, true); err != nil {
+			return err
+		}
+		defer comm.Close()
 	}
 	var tr *train.Trainer
 	if *resume {
@@ -224,6 +270,17 @@ func cmdTrain(args []string) error {
 		tr, err = train.New(opt, be, src, *out)
 	}
 	if err != nil {
+		return err
+	}
+	if comm != nil {
+		tr.Comm = comm
+	}
+	if !lead {
+		// The other ranks train and keep quiet; errors still reach stderr.
+		err := tr.Run(ctx)
+		if errors.Is(err, train.ErrStopped) {
+			return nil
+		}
 		return err
 	}
 	metrics, err := train.OpenMetrics(filepath.Join(*out, train.MetricsFile), tr.Step)
@@ -243,6 +300,10 @@ func cmdTrain(args []string) error {
 		fmt.Fprintf(os.Stderr, ", resuming after step %d", tr.Step)
 	}
 	fmt.Fprintln(os.Stderr)
+	if worker {
+		fmt.Fprintf(os.Stderr, "data parallel: %d workers (%s), %d of the %d windows of each micro-batch per worker\n",
+			job.World, commName(comm), opt.Batch/job.World, opt.Batch)
+	}
 
 	bar := newProgress(os.Stderr, opt.Steps, tr.Step)
 	plot := func() { writePlot(*out, opt, filepath.Join(*out, train.PlotFile)) }
@@ -263,8 +324,6 @@ func cmdTrain(args []string) error {
 	tr.Progress = bar.update
 	tr.Saved = func(dir string) { bar.note("saved " + dir) }
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err = tr.Run(ctx)
 	bar.finish()
 	plot()
@@ -344,6 +403,11 @@ func newProgress(w io.Writer, total, startStep int) *progress {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 			tty = true
 		}
+	}
+	// A worker's stderr is a pipe to its launcher, which passes it on to
+	// a terminal.
+	if os.Getenv(envProgressTTY) == "1" {
+		tty = true
 	}
 	return &progress{w: w, tty: tty, total: total, start: time.Now(), startStep: startStep}
 }

@@ -7,6 +7,14 @@
 // the step (see Data), the learning rate only on the step, and every kernel
 // is deterministic for a given machine and thread count, so a run resumed
 // from a checkpoint ends with the same bits as one never interrupted.
+//
+// Data parallel: with a communicator (Trainer.Comm, package
+// internal/dist) each of the job's ranks trains on its share of every
+// micro-batch, the ranks sum their gradients, layer by layer as the
+// backward pass finishes them, and take the same step; rank 0 validates
+// and writes the checkpoints. Options.Batch is the whole micro-batch, so
+// the checkpoint describes the run whatever the number of ranks, and a run
+// resumes on any number that divides it, reading the same windows.
 package train
 
 import (

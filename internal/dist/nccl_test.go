@@ -174,4 +174,3 @@ func TestNCCLOrderedAfterTheBackend(t *testing.T) {
 		})
 	}
 }
-

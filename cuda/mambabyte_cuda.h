@@ -172,7 +172,7 @@ int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, flo
  * float32 scratch; xw holds B·max(D,E) values of the weight type. */
 typedef struct {
     const void *in_proj, *x_proj, *dt_proj, *out_proj;
-    const float *dt_proj_f32; /* dt_proj in float32 (the many-stream path) */
+    const float *dt_proj_f32; /* dt_proj in float32 (the many-stream path when N is not 4·2^k) */
     const float *norm_w, *norm_b, *conv_w, *conv_b, *dt_bias, *neg_a, *dskip;
     float *h, *conv, *ssm, *xz, *xdbl, *u, *g;
     void *xw;

@@ -400,6 +400,81 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// The scan step of the cuBLAS path for N = 4·P (P a power of two up to 32):
+// P lanes per channel (b, e), each holding four consecutive states, that
+// also split the channel's dt_proj product r·W_dtᵀ as the one-stream kernel
+// does, so that product needs no GEMM launch of its own. Lanes past the
+// last channel compute channel 0 again and store nothing, so that every
+// shuffle sees a whole warp.
+template <typename W, int P>
+__global__ void __launch_bounds__(kThreads)
+    k_step_scan_quad(float *__restrict__ g, W *__restrict__ gw, float *__restrict__ ssm,
+                     const float *__restrict__ xz, const float *__restrict__ xdbl, int64_t ldbc,
+                     const float *__restrict__ u, const W *__restrict__ wdt,
+                     const float *__restrict__ dtb, const float *__restrict__ A,
+                     const float *__restrict__ dskip, int64_t E, int R, int64_t B) {
+    constexpr int N = 4 * P;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool ok = t / P < B * E;
+    const int64_t i = ok ? t / P : 0;  // the channel b·E + e
+    const int l = threadIdx.x % P;
+    const int64_t b = i / E, e = i - b * E;
+    const float *xr = xdbl + b * ldbc;
+    const W *wr = wdt + e * R;
+    float raw = 0.f;
+    for (int r = l; r < R; r += P) raw += Wv<W>::one(wr + r) * xr[r];
+#pragma unroll
+    for (int o = 1; o < P; o <<= 1) raw += __shfl_xor_sync(0xffffffffu, raw, o);
+    const float delta = softplus_(raw + (dtb ? dtb[e] : 0.f));
+    const float uu = u[i], du = delta * uu;
+    float *s = ssm + i * N + 4 * l;
+    float4 sv = *(const float4 *)s;
+    const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
+    const float *bt = xr + R + 4 * l, *ct = bt + N;
+    sv.x = expf(delta * av.x) * sv.x + du * bt[0];
+    sv.y = expf(delta * av.y) * sv.y + du * bt[1];
+    sv.z = expf(delta * av.z) * sv.z + du * bt[2];
+    sv.w = expf(delta * av.w) * sv.w + du * bt[3];
+    if (ok) *(float4 *)s = sv;
+    float y = ct[0] * sv.x + ct[1] * sv.y + ct[2] * sv.z + ct[3] * sv.w;
+#pragma unroll
+    for (int o = 1; o < P; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+    if (ok && l == 0) {
+        float out = (y + dskip[e] * uu) * silu_(xz[b * 2 * E + E + e]);
+        g[i] = out;
+        put(gw + i, out);
+    }
+}
+
+// step_scan_quad runs k_step_scan_quad when N suits it and reports whether
+// it did.
+template <typename W>
+static int step_scan_quad(const mb_step_args *a, W *xw, const W *wdt, int64_t ldbc, bool *done) {
+    int64_t N = a->N, P = N / 4;
+    *done = false;
+    if (N % 4 != 0 || P > 32 || (P & (P - 1)) != 0 || ((uintptr_t)a->ssm % 16) != 0 ||
+        ((uintptr_t)a->neg_a % 16) != 0)
+        return 0;
+    int64_t threads = a->B * a->E * P;
+    dim3 grid((unsigned)((threads + kThreads - 1) / kThreads));
+    auto go = [&](auto kernel) -> int {
+        kernel<<<grid, kThreads, 0, g_stream>>>(a->g, xw, a->ssm, a->xz, a->xdbl, ldbc, a->u, wdt,
+                                                 a->dt_bias, a->neg_a, a->dskip, a->E, (int)a->R,
+                                                 a->B);
+        LAUNCHED();
+        *done = true;
+        return 0;
+    };
+    switch (P) {
+    case 1: return go(k_step_scan_quad<W, 1>);
+    case 2: return go(k_step_scan_quad<W, 2>);
+    case 4: return go(k_step_scan_quad<W, 4>);
+    case 8: return go(k_step_scan_quad<W, 8>);
+    case 16: return go(k_step_scan_quad<W, 16>);
+    default: return go(k_step_scan_quad<W, 32>);
+    }
+}
+
 // The cuBLAS path's operand builders: one block per stream.
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
@@ -607,6 +682,9 @@ static int step_block(const mb_step_args *a) {
                                                                   (int)a->K, B);
     LAUNCHED();
     if (step_gemm(a->xdbl, ldbc, (const W *)xw, wx, ldbc, E, B, 0.f)) return 1;
+    bool done;
+    if (step_scan_quad(a, xw, wdt, ldbc, &done)) return 1;
+    if (done) return step_gemm(a->h, D, (const W *)xw, wout, D, E, B, 1.f);
     // g = r·W_dtᵀ in float32 (r is a column slice of xdbl, row stride ldbc).
     float one = 1.f, zero = 0.f;
     CKB(cublasGemmEx(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)E, (int)B, (int)R, &one,

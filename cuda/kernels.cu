@@ -1437,7 +1437,15 @@ struct ScanArgs {
     const float *u, *delta, *Bt, *Ct, *A, *Dskip;
     int64_t ldbc;
     int T, E, N, P;
+    // dtraw: delta holds the dt pre-activation without its bias dtb (may
+    // be NULL), and Δ = softplus(delta + dtb) is taken as it is staged.
+    const float *dtb;
+    int dtraw;
 };
+
+// dt_grad is dΔ/d(pre-activation) = sigmoid(x) for Δ = softplus(x), from
+// Δ: 1 - exp(-Δ), without cancellation when Δ is small.
+__device__ __forceinline__ float dt_grad(float delta) { return -expm1f(-delta); }
 
 // ScanLane is one thread's place in the layout above, and the block's
 // chunk of inputs staged in shared memory: per-channel values as
@@ -1482,6 +1490,19 @@ struct ScanLane {
         for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
             dst[jt * cpb + k] = (jt < rows && ok) ? s[(int64_t)jt * a.E] : 0.f;
     }
+    // stage_delta stages Δ (from the pre-activation when a.dtraw).
+    __device__ void stage_delta(float *dst, const ScanArgs &a) const {
+        if (!a.dtraw) {
+            stage(dst, a.delta, a);
+            return;
+        }
+        int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
+        bool ok = e0 + k < a.E;
+        float bias = ok && a.dtb ? a.dtb[e0 + k] : 0.f;
+        const float *s = a.delta + (b * a.T + t0) * a.E + e0 + k;
+        for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
+            dst[jt * cpb + k] = (jt < rows && ok) ? softplus_(s[(int64_t)jt * a.E] + bias) : 0.f;
+    }
     // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
     // (N <= 128, so each pass of the block covers at least two rows).
     __device__ void stage_bc(float *dst, const float *src, const ScanArgs &a) const {
@@ -1502,7 +1523,7 @@ __global__ void __launch_bounds__(kScanThreads)
     extern __shared__ float sh[];
     ScanLane<J> L(a, blockIdx.y);
     float *sd = sh, *su = sd + kScanChunk * L.cpb, *sb = su + kScanChunk * L.cpb;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage_bc(sb, a.Bt, a);
     __syncthreads();
@@ -1566,7 +1587,7 @@ __global__ void __launch_bounds__(kScanThreads)
     const int P = a.P, N = a.N;
     float *sd = sh, *su = sd + kScanChunk * L.cpb, *sb = su + kScanChunk * L.cpb,
           *sc = sb + kScanChunk * N;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage_bc(sb, a.Bt, a);
     L.stage_bc(sc, a.Ct, a);
@@ -1607,7 +1628,7 @@ __global__ void __launch_bounds__(kScanThreads)
     extern __shared__ float sh[];
     ScanLane<J> L(a, blockIdx.y + 1);
     float *sd = sh, *sg = sd + kScanChunk * L.cpb, *sc = sg + kScanChunk * L.cpb;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(sg, dy, a);
     L.stage_bc(sc, a.Ct, a);
     __syncthreads();
@@ -1685,7 +1706,7 @@ __global__ void __launch_bounds__(kScanThreads)
     float *sS = sh, *sB = sS + Ls * J * bd, *sC = sB + kScanChunk * N;
     float *sd = sC + kScanChunk * N, *su = sd + kScanChunk * cpb, *sg = su + kScanChunk * cpb;
     float *sbt = sg + kScanChunk * cpb, *sct = sbt + kScanChunk * N;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage(sg, dy, a);
     L.stage_bc(sbt, a.Bt, a);
@@ -1754,7 +1775,7 @@ __global__ void __launch_bounds__(kScanThreads)
             if (L.ce && L.ln == 0) {
                 int64_t row = L.b * a.T + L.t0 + jt;
                 du_out[row * a.E + L.e] = dus + gy * dsk;
-                ddelta_out[row * a.E + L.e] = dd;
+                ddelta_out[row * a.E + L.e] = a.dtraw ? dd * dt_grad(d) : dd;
             }
         }
     }
@@ -1860,7 +1881,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     ScanLane<1> L(a, blockIdx.y);
     const int grp = L.grp, ln = L.ln;
     float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sbt = su + kScanChunk * cpb;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage_bc(sbt, a.Bt, a);
     float A2[4], s[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
@@ -1894,7 +1915,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     const int grp = L.grp, ln = L.ln;
     float *sd = (float *)sh4, *su = sd + kScanChunk * cpb, *sbt = su + kScanChunk * cpb,
           *sct = sbt + kScanChunk * N;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage_bc(sbt, a.Bt, a);
     L.stage_bc(sct, a.Ct, a);
@@ -1934,7 +1955,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     ScanLane<1> L(a, blockIdx.y + 1);
     const int grp = L.grp, ln = L.ln;
     float *sd = (float *)sh4, *sg = sd + kScanChunk * cpb, *sct = sg + kScanChunk * cpb;
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(sg, dy, a);
     L.stage_bc(sct, a.Ct, a);
     float A2[4], g[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
@@ -1980,7 +2001,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     // deep: [sub-chunk parity][warp][step][2N].
     float *sW = sct + kScanChunk * N;
     float4 *sK = (float4 *)(sW + 2 * warps * Ls * row2);  // [sub-chunk][thread]: its start
-    L.stage(sd, a.delta, a);
+    L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage(sg, dy, a);
     L.stage_bc(sbt, a.Bt, a);
@@ -2061,7 +2082,8 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
             }
             if (L.ce && ln == 0) {
                 pdu[jt * E] = fmaf(d, sgb, gy * dsk);
-                pdd[jt * E] = fmaf(uu, sgb, sa);
+                const float dd = fmaf(uu, sgb, sa);
+                pdd[jt * E] = a.dtraw ? dd * dt_grad(d) : dd;
             }
             quad_exchange<P>(v, lane);
             if (writer) {
@@ -2254,7 +2276,8 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     int Pw, Jw;
     scan_geometry_wide(N, &Pw, &Jw);
     const int qP = quad_ok() ? quad_P(N) : 0;
-    ScanArgs aw{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, qP ? qP : Pw};
+    ScanArgs aw{u, delta, Bt, Ct, A, Dskip, dims->ldbc, (int)T, (int)E, (int)N, qP ? qP : Pw,
+                dims->dt_bias, dims->dt_raw != 0};
     const float *start = s0;
     if (nc == 1) {
         // One chunk: it starts from s0; that is also the checkpoint.
@@ -2316,7 +2339,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     float *dsum = carve<float>(&cur, B * nc * E);
     float *part = carve<float>(&cur, (int64_t)groups * B * T * 2 * N);
 
-    ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P};
+    ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P, dims->dt_bias, dims->dt_raw != 0};
     if (nc > 1 && qP) {
         ScanArgs aq = a;
         aq.P = qP;
@@ -2351,7 +2374,12 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     // The workspace now belongs to colsum; h and part were consumed above
     // (same stream), so reusing it is safe.
     DskipCols f{dDskip, dy, u, E};
-    return colsum(f, B * T, E, 1);
+    if (colsum(f, B * T, E, 1)) return 1;
+    if (dims->dt_raw && dims->dbias) {
+        DtCols fb{dims->dbias, ddelta, E};
+        return colsum(fb, B * T, E, 1);
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 5
+#define MB_ABI_VERSION 6
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -122,9 +122,17 @@ int mb_dt_bwd(float *draw, float *dbias, const float *ddelta, const float *raw,
 /* a[i] = -exp(alog[i]) for n values. */
 int mb_negexp(float *a, const float *alog, int64_t n);
 
-/* Sizes of the selective scan; ldbc is the row stride of Bt and Ct. */
+/* Sizes of the selective scan; ldbc is the row stride of Bt and Ct.
+ * With dt_raw != 0 the scan also does mb_dt_fwd's work: delta holds the dt
+ * pre-activation r·W_dtᵀ without its bias (dt_bias, may be NULL; neither is
+ * changed) and Δ = softplus(delta + dt_bias); the backward then writes the
+ * gradient of that pre-activation where it writes ddelta, and adds its
+ * column sums to dbias (may be NULL). */
 typedef struct {
     int64_t B, T, E, N, ldbc;
+    int64_t dt_raw;
+    const float *dt_bias;
+    float *dbias;
 } mb_scan_dims;
 
 /* Selective scan forward (see cpu.ScanForward): y (B,T,E); s0, sT (B,E,N)

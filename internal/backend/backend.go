@@ -66,6 +66,19 @@ type Backend interface {
 	AdamW(param, grad, m, v Tensor, lr, beta1, beta2, eps, wd, bc1, bc2 float32)
 }
 
+// DtScanner is implemented by backends that apply the dt activation inside
+// the selective scan, so that Δ (B·T, E) is never stored: ScanDt computes
+// what Dt(delta, raw', dtBias) followed by Scan(..., delta, ...) computes,
+// where raw' is raw + dtBias; raw (r·W_dtᵀ, without the bias) and dtBias
+// are left unchanged. ScanDtBackward computes what ScanBackward followed by
+// DtBackward computes: draw receives the gradient of raw, and dbias
+// accumulates its column sums. The model uses it when present; dtBias and
+// dbias may be nil.
+type DtScanner interface {
+	ScanDt(y, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
+	ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
+}
+
 // Capturer is implemented by backends that can record a sequence of
 // operations once and replay it with one call (CUDA graphs), which removes
 // the cost of issuing each operation. Users check for it with a type

@@ -20,6 +20,10 @@ type Pass struct {
 	// one layerActs is refilled per layer in Backward).
 	hin []backend.Tensor
 
+	// dts is the backend's dt activation inside the scan, or nil (then
+	// Dt writes Δ for Scan).
+	dts backend.DtScanner
+
 	ids     []int32
 	targets []int32
 	prev    []backend.Tensor // per layer: conv inputs before t=0 (nil: zeros)
@@ -72,6 +76,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	be := m.BE
 	BT, D, E, N, R, V := B*T, c.DModel, c.DInner(), c.DState, c.Rank(), c.VocabSize
 	p := &Pass{m: m, B: B, T: T, train: train, recompute: recompute}
+	p.dts, _ = m.BE.(backend.DtScanner)
 	nl := 1
 	if train && !recompute {
 		nl = c.NLayer
@@ -95,7 +100,10 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		a.xz = be.Alloc(BT * 2 * E)
 		a.u = be.Alloc(BT * E)
 		a.xdbl = be.Alloc(BT * (R + 2*N))
-		a.raw, a.delta = be.Alloc(BT*E), be.Alloc(BT*E)
+		a.raw = be.Alloc(BT * E)
+		if p.dts == nil {
+			a.delta = be.Alloc(BT * E)
+		}
 		a.y, a.g = be.Alloc(BT*E), be.Alloc(BT*E)
 		if train {
 			a.pre = be.Alloc(BT * E)
@@ -258,8 +266,11 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 	// 4. [r, Bt, Ct] = u · W_xᵀ                                        (BT,R+2N)
 	be.Gemm(false, true, BT, ldbc, E, 1, a.u, E, w.xProj, E, 0, a.xdbl, ldbc)
 	// 5. Δ = softplus(r · W_dtᵀ + b_dt)                                (BT,E)
+	//    (inside the scan with a DtScanner: raw stays r · W_dtᵀ)
 	be.Gemm(false, true, BT, E, R, 1, a.xdbl, ldbc, w.dtProj, R, 0, a.raw, E)
-	be.Dt(a.delta, a.raw, w.dtBias, BT, E)
+	if p.dts == nil {
+		be.Dt(a.delta, a.raw, w.dtBias, BT, E)
+	}
 	// 6. y = selective scan + D·u                                      (BT,E)
 	var s backend.Tensor
 	if st != nil {
@@ -267,7 +278,11 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 	}
 	bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
 	ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
-	be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
+	if p.dts != nil {
+		p.dts.ScanDt(a.y, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
+	} else {
+		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
+	}
 	// 7. g = y ⊙ silu(z)                                               (BT,E)
 	z := a.xz.Slice(E, a.xz.Len()-E)
 	be.Gate(a.g, a.y, z, 2*E, BT, E)
@@ -339,9 +354,14 @@ func (p *Pass) Backward() error {
 		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
 		dbt := p.dxdbl.Slice(R, p.dxdbl.Len()-R)
 		dct := p.dxdbl.Slice(R+N, p.dxdbl.Len()-R-N)
-		be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
-		// 5. dt: draw overwrites ddelta; dW_dt += drawᵀ·r; dr = draw·W_dt.
-		be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
+		// 5. dt: draw overwrites ddelta (the DtScanner writes it there
+		// directly); dW_dt += drawᵀ·r; dr = draw·W_dt.
+		if p.dts != nil {
+			p.dts.ScanDtBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, gw.dtBias, p.dy, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
+		} else {
+			be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
+			be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
+		}
 		be.Gemm(true, false, E, R, BT, 1, p.ddelta, E, a.xdbl, ldbc, 1, gw.dtProj, R)
 		be.Gemm(false, false, BT, R, E, 1, p.ddelta, E, w.dtProj, R, 0, p.dxdbl, ldbc)
 		// 4. x_proj: dW_x += dxdblᵀ·u; du += dxdbl·W_x.

@@ -369,6 +369,23 @@ func (be *Backend) ScanBackward(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delt
 	keep(du, ddelta, dBt, dCt, dalog, ddskip, dy, u, delta, Bt, Ct, a, dskip, ckpt)
 }
 
+var _ backend.DtScanner = (*Backend)(nil)
+
+// ScanDt is Dt followed by Scan with Δ never stored: the scan kernels
+// take softplus(raw + dtBias) as they stage a chunk (backend.DtScanner).
+func (be *Backend) ScanDt(y, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, s0, sT, ckpt backend.Tensor, B, T, E, N int) {
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias)}
+	be.l.check("scan", be.l.scanFwd(ptr(y), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(s0), ptr(sT), ptr(ckpt), dims))
+	keep(y, u, raw, dtBias, Bt, Ct, a, dskip, s0, sT, ckpt)
+}
+
+// ScanDtBackward is ScanBackward followed by DtBackward (backend.DtScanner).
+func (be *Backend) ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias), dbias: ptr(dbias)}
+	be.l.check("scan backward", be.l.scanBwd(ptr(du), ptr(draw), ptr(dBt), ptr(dCt), ptr(dalog), ptr(ddskip), ptr(dy), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(ckpt), dims))
+	keep(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct, a, dskip, ckpt)
+}
+
 func (be *Backend) Gate(out, y, z backend.Tensor, ldz, rows, E int) {
 	be.l.check("gate", be.l.gateFwd(ptr(out), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E)))
 	keep(out, y, z)

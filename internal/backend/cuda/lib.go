@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 5
+const abiVersion = 6
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -118,6 +118,8 @@ type stepArgs struct {
 // scanDims is mb_scan_dims.
 type scanDims struct {
 	B, T, E, N, ldbc int64
+	dtRaw            int64
+	dtBias, dbias    uintptr
 }
 
 var (

@@ -392,3 +392,71 @@ func TestScan(t *testing.T) {
 		}
 	}
 }
+
+// TestScanDt checks the scan with the dt activation inside it (ScanDt,
+// ScanDtBackward) against the CPU's Dt, Scan, ScanBackward and DtBackward,
+// for N that take the four-state kernels and N that do not. raw must come
+// back unchanged.
+func TestScanDt(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 11)
+	for _, sz := range [][4]int{{2, 150, 24, 5}, {1, 130, 40, 16}, {2, 70, 20, 32}, {1, 64, 33, 16}} {
+		B, T, E, N := sz[0], sz[1], sz[2], sz[3]
+		const R = 3
+		ldbc := R + 2*N
+		nc := cpu.New().ScanCheckpoints(T)
+		name := fmt.Sprintf("B=%d T=%d E=%d N=%d", B, T, E, N)
+		xdbl := e.randn(B*T*ldbc, 0, 1)
+		bt := xdbl.slice(R, xdbl.c.Len()-R)
+		ct := xdbl.slice(R+N, xdbl.c.Len()-R-N)
+		u := e.randn(B*T*E, 0, 1)
+		rv := make([]float32, B*T*E)
+		for i := range rv {
+			rv[i] = float32(e.r.NormFloat64()*3 - 2) // softplus from about 1e-4 to 4
+		}
+		raw, rawCPU := e.from(rv), e.from(rv) // rawCPU: the CPU's Dt adds the bias in place
+		bias := e.randn(E, -0.5, 0.5)
+		av := make([]float32, E*N)
+		for i := range av {
+			av[i] = -float32(math.Exp(math.Log(float64(i%N+1)) + 0.3*e.r.NormFloat64()))
+		}
+		a := e.from(av)
+		dskip := e.randn(E, 1, 0.5)
+		delta := e.nan(B * T * E) // the CPU's Δ
+		y, ckpt, sT := e.nan(B*T*E), e.nan(B*nc*E*N), e.nan(B*E*N)
+		e.run(func(be backend.Backend, s side) {
+			if dts, ok := be.(backend.DtScanner); ok {
+				dts.ScanDt(y.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, sT.on(s), ckpt.on(s), B, T, E, N)
+				return
+			}
+			be.Dt(delta.on(s), rawCPU.on(s), bias.on(s), B*T, E)
+			be.Scan(y.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, sT.on(s), ckpt.on(s), B, T, E, N)
+		})
+		e.check("scan dt y "+name, "scan", y, tolFP32)
+		e.check("scan dt sT "+name, "scan", sT, tolFP32)
+		e.check("scan dt ckpt "+name, "scan", ckpt, tolFP32)
+		e.check("scan dt raw unchanged "+name, "scan", raw, 0)
+
+		du, draw := e.nan(B*T*E), e.nan(B*T*E)
+		dxdbl := e.nan(B * T * ldbc)
+		dbt := dxdbl.slice(R, dxdbl.c.Len()-R)
+		dct := dxdbl.slice(R+N, dxdbl.c.Len()-R-N)
+		dalog, ddskip := e.randn(E*N, 0, 1), e.randn(E, 0, 1)
+		dbias := e.randn(E, 0, 1)
+		dy := e.randn(B*T*E, 0, 1)
+		e.run(func(be backend.Backend, s side) {
+			if dts, ok := be.(backend.DtScanner); ok {
+				dts.ScanDtBackward(du.on(s), draw.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dbias.on(s), dy.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), B, T, E, N)
+				return
+			}
+			be.ScanBackward(du.on(s), draw.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dy.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), B, T, E, N)
+			be.DtBackward(draw.on(s), dbias.on(s), draw.on(s), rawCPU.on(s), B*T, E)
+		})
+		e.check("scan dt backward du "+name, "scan backward", du, tolFP32)
+		e.check("scan dt backward draw "+name, "scan backward", draw, tolFP32)
+		e.check("scan dt backward dBt,dCt "+name, "scan backward", dxdbl, tolFP32)
+		e.check("scan dt backward dalog "+name, "scan backward", dalog, tolFP32)
+		e.check("scan dt backward ddskip "+name, "scan backward", ddskip, tolFP32)
+		e.check("scan dt backward dbias "+name, "scan backward", dbias, tolFP32)
+	}
+}

@@ -218,7 +218,7 @@ func TestDt(t *testing.T) {
 func TestGateAddScaleNegExp(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 7)
-	for _, sz := range [][2]int{{37, 24}, {1, 3}, {700, 130}} {
+	for _, sz := range [][2]int{{37, 24}, {1, 3}, {700, 130}, {70000, 8}} { // more rows than a grid's 65535
 		rows, E := sz[0], sz[1]
 		name := fmt.Sprintf("rows=%d E=%d", rows, E)
 		ldz := 2 * E

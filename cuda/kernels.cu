@@ -643,6 +643,13 @@ static int gemv_nt(float *c, int64_t ldc, const float *a, int64_t lda, const flo
     return 0;
 }
 
+// switched_off says whether the environment variable name is "0" (the
+// library's switches for comparing a fast path with the general one).
+static bool switched_off(const char *name) {
+    const char *v = getenv(name);
+    return v && strcmp(v, "0") == 0;
+}
+
 // In bf16 mode a GEMM whose sides are all at least kGemmBf16Min runs on
 // bf16 copies of its operands, made just before it: cuBLAS then takes its
 // bf16 kernels, about twice the rate it reaches on float32 operands with
@@ -655,10 +662,7 @@ static const int64_t kGemmBf16Min = 512;
 // gemm_bf16_ok says whether such GEMMs may take the bf16 copies
 // (MAMBABYTE_CUDA_GEMM_PACK=0 keeps float32 operands, for comparisons).
 static bool gemm_bf16_ok() {
-    static const bool ok = [] {
-        const char *v = getenv("MAMBABYTE_CUDA_GEMM_PACK");
-        return !(v && strcmp(v, "0") == 0);
-    }();
+    static const bool ok = !switched_off("MAMBABYTE_CUDA_GEMM_PACK");
     return ok;
 }
 
@@ -2238,16 +2242,17 @@ static int scan_check(const char *fn, const mb_scan_dims *dims) {
     return 0;
 }
 
-// scan_grid is the grid of a chunk kernel over count chunks.
-static dim3 scan_grid(int64_t B, int64_t E, int P, int count) {
-    int cpb = kScanThreads / P;
+// scan_grid is the grid of a chunk kernel of blocks of threads over count
+// chunks, P lanes per channel.
+static dim3 scan_grid(int64_t B, int64_t E, int P, int count, int threads = kScanThreads) {
+    int cpb = threads / P;
     return dim3((unsigned)((E + cpb - 1) / cpb), (unsigned)count, (unsigned)B);
 }
 
 // scan_smem is the dynamic shared memory of a chunk kernel that stages
 // cols per-channel arrays and bcs Bt/Ct arrays, plus extra values.
-static size_t scan_smem(int P, int64_t N, int cols, int bcs, size_t extra) {
-    int cpb = kScanThreads / P;
+static size_t scan_smem(int P, int64_t N, int cols, int bcs, size_t extra, int threads = kScanThreads) {
+    int cpb = threads / P;
     return ((size_t)kScanChunk * ((size_t)cols * cpb + (size_t)bcs * N) + extra) * sizeof(float);
 }
 
@@ -2287,10 +2292,7 @@ static int allow_smem(F kernel, size_t smem) {
 // 16, 32 (MAMBABYTE_CUDA_SCAN_QUAD=0 keeps the general kernels for every
 // N, for comparisons).
 static bool quad_ok() {
-    static const bool ok = [] {
-        const char *v = getenv("MAMBABYTE_CUDA_SCAN_QUAD");
-        return !(v && strcmp(v, "0") == 0);
-    }();
+    static const bool ok = !switched_off("MAMBABYTE_CUDA_SCAN_QUAD");
     return ok;
 }
 
@@ -2302,16 +2304,14 @@ static int quad_launch(K kernel, dim3 grid, size_t shmem, Args... args) {
     return 0;
 }
 
-// quad_grid is the grid of a four-state kernel over count chunks.
+// quad_grid and quad_smem are scan_grid and scan_smem for a four-state
+// kernel.
 static dim3 quad_grid(int64_t B, int64_t E, int qP, int count) {
-    int cpb = kScanQuadThreads / qP;
-    return dim3((unsigned)((E + cpb - 1) / cpb), (unsigned)count, (unsigned)B);
+    return scan_grid(B, E, qP, count, kScanQuadThreads);
 }
 
-// quad_smem is scan_smem for a four-state kernel.
 static size_t quad_smem(int qP, int64_t N, int cols, int bcs, size_t extra) {
-    int cpb = kScanQuadThreads / qP;
-    return ((size_t)kScanChunk * ((size_t)cols * cpb + (size_t)bcs * N) + extra) * sizeof(float);
+    return scan_smem(qP, N, cols, bcs, extra, kScanQuadThreads);
 }
 
 // Dispatch on P (2, 4, 8) to a four-state kernel template.

@@ -354,8 +354,8 @@ func (p *Pass) Backward() error {
 		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
 		dbt := p.dxdbl.Slice(R, p.dxdbl.Len()-R)
 		dct := p.dxdbl.Slice(R+N, p.dxdbl.Len()-R-N)
-		// 5. dt: draw overwrites ddelta (the DtScanner writes it there
-		// directly); dW_dt += drawᵀ·r; dr = draw·W_dt.
+		// 6 and 5. scan, then dt: draw overwrites ddelta (a DtScanner
+		// writes it there directly); dW_dt += drawᵀ·r; dr = draw·W_dt.
 		if p.dts != nil {
 			p.dts.ScanDtBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, gw.dtBias, p.dy, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
 		} else {

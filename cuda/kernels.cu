@@ -1546,11 +1546,7 @@ struct ScanLane {
     // stage copies the chunk's rows of src (B·T, E) into dst [step][cpb].
     // cpb divides the block, so each thread keeps one column.
     __device__ void stage(float *dst, const float *src, const ScanArgs &a) const {
-        int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
-        bool ok = e0 + k < a.E;
-        const float *s = src + (b * a.T + t0) * a.E + e0 + k;
-        for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
-            dst[jt * cpb + k] = (jt < rows && ok) ? s[(int64_t)jt * a.E] : 0.f;
+        stage_map(dst, src, a, [](int64_t) { return [](float v) { return v; }; });
     }
     // stage_delta stages Δ (from the pre-activation when a.dtraw).
     __device__ void stage_delta(float *dst, const ScanArgs &a) const {
@@ -1558,12 +1554,22 @@ struct ScanLane {
             stage(dst, a.delta, a);
             return;
         }
+        const float *dtb = a.dtb;
+        stage_map(dst, a.delta, a, [dtb](int64_t e) {
+            float bias = dtb ? dtb[e] : 0.f;
+            return [bias](float v) { return softplus_(v + bias); };
+        });
+    }
+    // stage_map is stage with a function of each value applied; per(e)
+    // makes the function for the thread's channel e, once.
+    template <class Per>
+    __device__ void stage_map(float *dst, const float *src, const ScanArgs &a, Per per) const {
         int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
         bool ok = e0 + k < a.E;
-        float bias = ok && a.dtb ? a.dtb[e0 + k] : 0.f;
-        const float *s = a.delta + (b * a.T + t0) * a.E + e0 + k;
+        auto f = per(ok ? e0 + k : e0);
+        const float *s = src + (b * a.T + t0) * a.E + e0 + k;
         for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
-            dst[jt * cpb + k] = (jt < rows && ok) ? softplus_(s[(int64_t)jt * a.E] + bias) : 0.f;
+            dst[jt * cpb + k] = (jt < rows && ok) ? f(s[(int64_t)jt * a.E]) : 0.f;
     }
     // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
     // (N <= 128, so each pass of the block covers at least two rows).
@@ -1926,12 +1932,35 @@ __device__ __forceinline__ void quad_advance(float (&s)[4], const float (&A2)[4]
     s[3] = fmaf(ex2_(d * A2[3]), s[3], du * b4.w);
 }
 
-// quad_load loads a lane's four values of an (E, N) array (zeros off
-// the channels).
-template <int N>
+// quad_load loads four consecutive values from src + at (zeros unless ok).
 __device__ __forceinline__ void quad_load(float (&v)[4], const float *src, bool ok, int64_t at) {
 #pragma unroll
     for (int j = 0; j < 4; j++) v[j] = ok ? src[at + j] : 0.f;
+}
+
+// quad_at is the index of lane L's first state in a (B, chunks, E, N)
+// array (the four-state layout: states 4·ln .. 4·ln+3).
+__device__ __forceinline__ int64_t quad_at(const ScanLane<1> &L, const ScanArgs &a, int nc) {
+    return ((L.b * nc + L.c) * a.E + L.e) * a.N + 4 * L.ln;
+}
+
+// quad_decay loads lane L's four A values and A2 = A·log2(e).
+__device__ __forceinline__ void quad_decay(float (&A)[4], float (&A2)[4], const ScanLane<1> &L,
+                                           const ScanArgs &a) {
+    quad_load(A, a.A, L.ce, (int64_t)L.e * a.N + 4 * L.ln);
+#pragma unroll
+    for (int j = 0; j < 4; j++) A2[j] = A[j] * 1.4426950408889634f;
+}
+
+// quad_end writes a chunk pass's four end values v to dst (B, chunks, E, N)
+// and its ΣΔ ds to dsum (B, chunks, E).
+__device__ __forceinline__ void quad_end(float *dst, float *dsum, const float (&v)[4], float ds,
+                                         const ScanLane<1> &L, const ScanArgs &a, int nc) {
+    if (!L.ce) return;
+    const int64_t at = quad_at(L, a, nc);
+#pragma unroll
+    for (int j = 0; j < 4; j++) dst[at + j] = v[j];
+    if (L.ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
 }
 
 // k_scan_local in the four-state layout (N = 4·P).
@@ -1946,25 +1975,15 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     L.stage_delta(sd, a);
     L.stage(su, a.u, a);
     L.stage_bc(sbt, a.Bt, a);
-    float A2[4], s[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
-    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
-#pragma unroll
-    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
+    float A[4], A2[4], s[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
+    quad_decay(A, A2, L, a);
     __syncthreads();
     const int rows = L.t1 - L.t0;
-    // Unrolled so that a step's loads and exponentials are issued ahead of
-    // the chain of states they feed.
-#pragma unroll 4
     for (int jt = 0; jt < rows; jt++) {
         ds += sd[jt * cpb + grp];
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
     }
-    if (L.ce) {
-        const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
-#pragma unroll
-        for (int j = 0; j < 4; j++) loc[at + j] = s[j];
-        if (ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
-    }
+    quad_end(loc, dsum, s, ds, L, a, nc);
 }
 
 // k_scan_out in the four-state layout (N = 4·P).
@@ -1981,16 +2000,13 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     L.stage(su, a.u, a);
     L.stage_bc(sbt, a.Bt, a);
     L.stage_bc(sct, a.Ct, a);
-    float A2[4], s[4];
-    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
-#pragma unroll
-    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
-    quad_load<N>(s, start, L.ce && start, ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln);
+    float A[4], A2[4], s[4];
+    quad_decay(A, A2, L, a);
+    quad_load(s, start, L.ce && start, quad_at(L, a, nc));
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
     __syncthreads();
     const int rows = L.t1 - L.t0;
     float *yo = y + (L.b * a.T + L.t0) * a.E + L.e;
-#pragma unroll 4
     for (int jt = 0; jt < rows; jt++) {
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
         const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
@@ -2020,12 +2036,9 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     L.stage_delta(sd, a);
     L.stage(sg, dy, a);
     L.stage_bc(sct, a.Ct, a);
-    float A2[4], g[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
-    quad_load<N>(A2, a.A, L.ce, (int64_t)L.e * N + 4 * ln);
-#pragma unroll
-    for (int j = 0; j < 4; j++) A2[j] *= 1.4426950408889634f;
+    float A[4], A2[4], g[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
+    quad_decay(A, A2, L, a);
     __syncthreads();
-#pragma unroll 4
     for (int jt = L.t1 - L.t0 - 1; jt >= 0; jt--) {
         const float d = sd[jt * cpb + grp], gy = sg[jt * cpb + grp];
         const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
@@ -2035,12 +2048,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
         g[2] = ex2_(d * A2[2]) * fmaf(gy, c4.z, g[2]);
         g[3] = ex2_(d * A2[3]) * fmaf(gy, c4.w, g[3]);
     }
-    if (L.ce) {
-        const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
-#pragma unroll
-        for (int j = 0; j < 4; j++) hloc[at + j] = g[j];
-        if (ln == 0) dsum[(L.b * nc + L.c) * a.E + L.e] = ds;
-    }
+    quad_end(hloc, dsum, g, ds, L, a, nc);
 }
 
 // Backward, second pass, for N = 4·P: what k_scan_bwd_chunk computes, in
@@ -2078,22 +2086,16 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     // The chunk's first rows of du and ddelta in the lane's channel.
     const int E = a.E;
     float *pdu = du_out + (L.b * a.T + L.t0) * E + L.e, *pdd = ddelta_out + (L.b * a.T + L.t0) * E + L.e;
-    const int64_t at = ((L.b * nc + L.c) * a.E + L.e) * N + 4 * ln;
-    float A[4], A2[4], g[4], dA[4], s[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        A[j] = L.ce ? a.A[(int64_t)L.e * N + 4 * ln + j] : 0.f;
-        A2[j] = A[j] * 1.4426950408889634f;
-        g[j] = L.ce ? h[at + j] : 0.f;
-        dA[j] = 0.f;
-        s[j] = L.ce ? ckpt[at + j] : 0.f;
-    }
+    const int64_t at = quad_at(L, a, nc);
+    float A[4], A2[4], g[4], dA[4] = {0.f, 0.f, 0.f, 0.f}, s[4];
+    quad_decay(A, A2, L, a);
+    quad_load(g, h, L.ce, at);
+    quad_load(s, ckpt, L.ce, at);
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
     __syncthreads();
     const int rows = L.t1 - L.t0;
     // First pass: from the checkpoint over the chunk, keeping each
     // sub-chunk's start. s ends as the state after the last step.
-#pragma unroll 4
     for (int jt = 0; jt < rows; jt++) {
         if (jt % Ls == 0) sK[(jt / Ls) * bd + tid] = make_float4(s[0], s[1], s[2], s[3]);
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);

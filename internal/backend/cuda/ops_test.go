@@ -327,6 +327,21 @@ func TestScanCheckpoints(t *testing.T) {
 	}
 }
 
+// bcViews are the Bt and Ct columns of an xdbl-shaped (rows, R+2N) pair.
+func bcViews(x *pair, R, N int) (bt, ct *pair) {
+	return x.slice(R, x.c.Len()-R), x.slice(R+N, x.c.Len()-R-N)
+}
+
+// scanDecay is an A (E, N) near the model's initialisation: -(n+1) times
+// a random factor about e^(±0.3).
+func scanDecay(e *env, E, N int) *pair {
+	av := make([]float32, E*N)
+	for i := range av {
+		av[i] = -float32(math.Exp(math.Log(float64(i%N+1)) + 0.3*e.r.NormFloat64()))
+	}
+	return e.from(av)
+}
+
 func TestScan(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 10)
@@ -346,19 +361,14 @@ func TestScan(t *testing.T) {
 		for _, withS0 := range []bool{false, true} {
 			name := fmt.Sprintf("B=%d T=%d E=%d N=%d s0=%v", B, T, E, N, withS0)
 			xdbl := e.randn(B*T*ldbc, 0, 1)
-			bt := xdbl.slice(R, xdbl.c.Len()-R)
-			ct := xdbl.slice(R+N, xdbl.c.Len()-R-N)
+			bt, ct := bcViews(xdbl, R, N)
 			u := e.randn(B*T*E, 0, 1)
 			dv := make([]float32, B*T*E)
 			for i := range dv {
 				dv[i] = float32(math.Log1p(math.Exp(e.r.NormFloat64()*1.5 - 2))) // softplus outputs
 			}
 			delta := e.from(dv)
-			av := make([]float32, E*N)
-			for i := range av {
-				av[i] = -float32(math.Exp(math.Log(float64(i%N+1)) + 0.3*e.r.NormFloat64()))
-			}
-			a := e.from(av)
+			a := scanDecay(e, E, N)
 			dskip := e.randn(E, 1, 0.5)
 			y, ckpt := e.nan(B*T*E), e.nan(B*nc*E*N)
 			var s0, sT *pair
@@ -377,8 +387,7 @@ func TestScan(t *testing.T) {
 
 			du, ddelta := e.nan(B*T*E), e.nan(B*T*E)
 			dxdbl := e.nan(B * T * ldbc)
-			dbt := dxdbl.slice(R, dxdbl.c.Len()-R)
-			dct := dxdbl.slice(R+N, dxdbl.c.Len()-R-N)
+			dbt, dct := bcViews(dxdbl, R, N)
 			dalog, ddskip := e.randn(E*N, 0, 1), e.randn(E, 0, 1)
 			dy := e.randn(B*T*E, 0, 1)
 			e.run(func(be backend.Backend, s side) {
@@ -407,8 +416,7 @@ func TestScanDt(t *testing.T) {
 		nc := cpu.New().ScanCheckpoints(T)
 		name := fmt.Sprintf("B=%d T=%d E=%d N=%d", B, T, E, N)
 		xdbl := e.randn(B*T*ldbc, 0, 1)
-		bt := xdbl.slice(R, xdbl.c.Len()-R)
-		ct := xdbl.slice(R+N, xdbl.c.Len()-R-N)
+		bt, ct := bcViews(xdbl, R, N)
 		u := e.randn(B*T*E, 0, 1)
 		rv := make([]float32, B*T*E)
 		for i := range rv {
@@ -416,11 +424,7 @@ func TestScanDt(t *testing.T) {
 		}
 		raw, rawCPU := e.from(rv), e.from(rv) // rawCPU: the CPU's Dt adds the bias in place
 		bias := e.randn(E, -0.5, 0.5)
-		av := make([]float32, E*N)
-		for i := range av {
-			av[i] = -float32(math.Exp(math.Log(float64(i%N+1)) + 0.3*e.r.NormFloat64()))
-		}
-		a := e.from(av)
+		a := scanDecay(e, E, N)
 		dskip := e.randn(E, 1, 0.5)
 		delta := e.nan(B * T * E) // the CPU's Δ
 		y, ckpt, sT := e.nan(B*T*E), e.nan(B*nc*E*N), e.nan(B*E*N)
@@ -439,8 +443,7 @@ func TestScanDt(t *testing.T) {
 
 		du, draw := e.nan(B*T*E), e.nan(B*T*E)
 		dxdbl := e.nan(B * T * ldbc)
-		dbt := dxdbl.slice(R, dxdbl.c.Len()-R)
-		dct := dxdbl.slice(R+N, dxdbl.c.Len()-R-N)
+		dbt, dct := bcViews(dxdbl, R, N)
 		dalog, ddskip := e.randn(E*N, 0, 1), e.randn(E, 0, 1)
 		dbias := e.randn(E, 0, 1)
 		dy := e.randn(B*T*E, 0, 1)

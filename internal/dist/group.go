@@ -367,50 +367,38 @@ func peerErr(err error) error {
 // AllReduceFloat64 replaces v on every rank by the element-wise sum (or
 // average) over ranks, computed by rank 0 in rank order.
 func (g *Group) AllReduceFloat64(v []float64, op Op) error {
-	b := make([]byte, 8*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(x))
-	}
-	res, err := g.exchange("all-reduce", b, func(acc, in []byte) {
-		for i := 0; i < len(acc); i += 8 {
-			a := math.Float64frombits(binary.LittleEndian.Uint64(acc[i:]))
-			x := math.Float64frombits(binary.LittleEndian.Uint64(in[i:]))
-			binary.LittleEndian.PutUint64(acc[i:], math.Float64bits(a+x))
-		}
-	})
-	if err != nil {
-		return err
-	}
-	for i := range v {
-		v[i] = math.Float64frombits(binary.LittleEndian.Uint64(res[8*i:]))
-		if op == Avg {
-			v[i] /= float64(g.world)
-		}
-	}
-	return nil
+	return allReduce(g, v, op, 8,
+		func(b []byte, x float64) { binary.LittleEndian.PutUint64(b, math.Float64bits(x)) },
+		func(b []byte) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(b)) })
 }
 
 // AllReduceFloat32 is AllReduceFloat64 for float32 values (summed in
 // float32, in rank order).
 func (g *Group) AllReduceFloat32(v []float32, op Op) error {
-	b := make([]byte, 4*len(v))
+	return allReduce(g, v, op, 4,
+		func(b []byte, x float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(x)) },
+		func(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) })
+}
+
+// allReduce is the all-reduce of values of size bytes each, written and
+// read by put and get.
+func allReduce[T float32 | float64](g *Group, v []T, op Op, size int, put func([]byte, T), get func([]byte) T) error {
+	b := make([]byte, size*len(v))
 	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+		put(b[size*i:], x)
 	}
 	res, err := g.exchange("all-reduce", b, func(acc, in []byte) {
-		for i := 0; i < len(acc); i += 4 {
-			a := math.Float32frombits(binary.LittleEndian.Uint32(acc[i:]))
-			x := math.Float32frombits(binary.LittleEndian.Uint32(in[i:]))
-			binary.LittleEndian.PutUint32(acc[i:], math.Float32bits(a+x))
+		for i := 0; i < len(acc); i += size {
+			put(acc[i:], get(acc[i:])+get(in[i:]))
 		}
 	})
 	if err != nil {
 		return err
 	}
 	for i := range v {
-		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(res[4*i:]))
+		v[i] = get(res[size*i:])
 		if op == Avg {
-			v[i] /= float32(g.world)
+			v[i] /= T(g.world)
 		}
 	}
 	return nil

@@ -55,7 +55,7 @@ type layerActs struct {
 	pre, u     backend.Tensor // conv pre-activation and silu output (BT,E)
 	xdbl       backend.Tensor // x_proj output (BT,R+2N): r, Bt, Ct
 	raw, delta backend.Tensor // dt pre-activation (biased) and softplus (BT,E)
-	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
+	ckpt       backend.Tensor // scan states at chunk starts, B·chunks·E·N in the backend's layout
 	y, g       backend.Tensor // scan output and gated output (BT,E)
 }
 

@@ -264,6 +264,59 @@ func testScanBackwardFD(t *testing.T, r *rand.Rand, E int) {
 	checkGrad(t, "scan dD", Dskip, dD, loss)
 }
 
+// ScanBackward (the vector kernels where built) against the plain
+// backward on the same checkpoints, at shapes that cover several channel
+// blocks and a partial one (E 160 splits into parts of 80 channels), N
+// of 16 and 32 (whole lane reductions) and 7 and 20 (remainders), and T
+// that is not a multiple of ScanChunk.
+func TestScanBackwardMatchesPlain(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 20))
+	for _, tc := range []struct{ B, T, E, N int }{{2, 150, 160, 16}, {1, 70, 48, 32}, {2, 65, 32, 7}, {1, 130, 64, 20}, {3, 9, 16, 16}} {
+		B, T, E, N := tc.B, tc.T, tc.E, tc.N
+		ldbc := 2*N + 5
+		u := randSlice(r, B*T*E, 1)
+		delta := make([]float32, B*T*E)
+		for i := range delta {
+			delta[i] = float32(r.Float64()*0.4 + 0.01)
+		}
+		xdbl := randSlice(r, B*T*ldbc, 1)
+		Bt, Ct := xdbl[5:], xdbl[5+N:]
+		A := make([]float32, E*N)
+		NegExp(A, randSlice(r, E*N, 1))
+		Dskip := randSlice(r, E, 1)
+		dy := randSlice(r, B*T*E, 1)
+		ckpt := make([]float32, B*ScanChunks(T)*E*N)
+		ScanForward(make([]float32, B*T*E), u, delta, Bt, Ct, ldbc, A, Dskip, nil, nil, ckpt, B, T, E, N)
+
+		du, dd := make([]float32, B*T*E), make([]float32, B*T*E)
+		dx := make([]float32, B*T*ldbc)
+		dAlog, dD := randSlice(r, E*N, 1), randSlice(r, E, 1) // accumulated into
+		wdAlog, wdD := append([]float32(nil), dAlog...), append([]float32(nil), dD...)
+		ScanBackward(du, dd, dx[5:], dx[5+N:], dAlog, dD, dy, u, delta, Bt, Ct, ldbc, A, Dskip, ckpt, B, T, E, N)
+
+		wdu, wdd := make([]float32, B*T*E), make([]float32, B*T*E)
+		pBC := make([]float32, 2*B*T*N)
+		scanBackwardPlain(wdu, wdd, pBC[:B*T*N], pBC[B*T*N:], wdAlog, wdD, dy, u, delta, Bt, Ct, ldbc, A, Dskip, ckpt, B, T, E, N, 0, E)
+		wdx := make([]float32, B*T*ldbc)
+		for row := 0; row < B*T; row++ {
+			copy(wdx[row*ldbc+5:], pBC[row*N:(row+1)*N])
+			copy(wdx[row*ldbc+5+N:], pBC[B*T*N+row*N:B*T*N+(row+1)*N])
+		}
+		for _, c := range []struct {
+			name      string
+			got, want []float32
+		}{{"du", du, wdu}, {"ddelta", dd, wdd}, {"dB,dC", dx, wdx}, {"dAlog", dAlog, wdAlog}, {"dD", dD, wdD}} {
+			want := make([]float64, len(c.want))
+			for i, v := range c.want {
+				want[i] = float64(v)
+			}
+			if d := maxRelDiff(c.got, want); d > 2e-5 {
+				t.Errorf("%+v: %s differs from the plain backward by %.3g", tc, c.name, d)
+			}
+		}
+	}
+}
+
 func TestElementwiseBackwardFiniteDifference(t *testing.T) {
 	r := rand.New(rand.NewPCG(15, 16))
 	rows, E := 5, 7

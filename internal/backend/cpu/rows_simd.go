@@ -2,7 +2,10 @@
 
 package cpu
 
-import "simd/archsimd"
+import (
+	"math"
+	"simd/archsimd"
+)
 
 func init() {
 	if !archsimd.X86.AVX512() {
@@ -15,6 +18,8 @@ func init() {
 	softplusRows = softplusRowsVec
 	sigmoidMulRows = sigmoidMulRowsVec
 	mulAddRows = mulAddRowsVec
+	normRow = normRowVec
+	normBackRow = normBackRowVec
 }
 
 // sigmoid16 is 1/(1+exp(-x)); x is clamped to ±80 so that no result is
@@ -119,4 +124,69 @@ func mulAddRowsVec(dst, a, b []float32) {
 		load(a[i:]).MulAdd(load(b[i:]), load(dst[i:])).StoreSlice(dst[i:])
 	}
 	mulAddRowsPlain(dst[n:], a[n:len(dst)], b[n:len(dst)])
+}
+
+// normRowVec is normRowPlain with float32 sums in 16 lanes (two passes, so
+// the variance does not cancel). Rows whose length is not a multiple of 16
+// take the plain loop.
+func normRowVec(or, xr, w, b []float32, eps float32, rms bool) (m, rs float32) {
+	D := len(xr)
+	if D%16 != 0 {
+		return normRowPlain(or, xr, w, b, eps, rms)
+	}
+	if !rms {
+		s := zero()
+		for i := 0; i < D; i += 16 {
+			s = s.Add(load(xr[i:]))
+		}
+		m = hsum(s) / float32(D)
+	}
+	mv := bcast(m)
+	ss := zero()
+	for i := 0; i < D; i += 16 {
+		d := load(xr[i:]).Sub(mv)
+		ss = d.MulAdd(d, ss)
+	}
+	rs = float32(1 / math.Sqrt(float64(hsum(ss))/float64(D)+float64(eps)))
+	rv := bcast(rs)
+	for i := 0; i < D; i += 16 {
+		v := load(xr[i:]).Sub(mv).Mul(rv)
+		if rms {
+			v.Mul(load(w[i:])).StoreSlice(or[i:])
+		} else {
+			v.MulAdd(load(w[i:]), load(b[i:])).StoreSlice(or[i:])
+		}
+	}
+	return m, rs
+}
+
+// normBackRowVec is normBackRowPlain in 16 lanes (plain for rows whose
+// length is not a multiple of 16).
+func normBackRowVec(dr, pw, pb, gr, xr, w []float32, m, rs float32, rms bool) {
+	D := len(xr)
+	if D%16 != 0 {
+		normBackRowPlain(dr, pw, pb, gr, xr, w, m, rs, rms)
+		return
+	}
+	mv, rv := bcast(m), bcast(rs)
+	sg, sgx := zero(), zero()
+	for i := 0; i < D; i += 16 {
+		xh := load(xr[i:]).Sub(mv).Mul(rv)
+		g := load(gr[i:])
+		gw := g.Mul(load(w[i:]))
+		sg = sg.Add(gw)
+		sgx = gw.MulAdd(xh, sgx)
+		g.MulAdd(xh, load(pw[i:])).StoreSlice(pw[i:])
+		g.Add(load(pb[i:])).StoreSlice(pb[i:])
+	}
+	mg := bcast(hsum(sg) / float32(D))
+	if rms {
+		mg = zero()
+	}
+	mgx := bcast(hsum(sgx) / float32(D))
+	for i := 0; i < D; i += 16 {
+		xh := load(xr[i:]).Sub(mv).Mul(rv)
+		t := load(gr[i:]).Mul(load(w[i:])).Sub(mg).Sub(xh.Mul(mgx))
+		t.MulAdd(rv, load(dr[i:])).StoreSlice(dr[i:])
+	}
 }

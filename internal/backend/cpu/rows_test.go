@@ -63,3 +63,41 @@ func TestRowPrimitivesMatchPlain(t *testing.T) {
 		check("mul add", d1, d2)
 	}
 }
+
+// The per-row norm kernels in use (16-lane ones where built) against the
+// plain rows, forward and backward, LayerNorm and RMSNorm, with rows whose
+// mean is far from zero.
+func TestNormRowsMatchPlain(t *testing.T) {
+	r := rand.New(rand.NewPCG(33, 34))
+	for _, D := range []int{16, 48, 512, 100} {
+		for _, rms := range []bool{false, true} {
+			x := randSlice(r, D, 2)
+			for i := range x {
+				x[i] += 3
+			}
+			w, b, g := randSlice(r, D, 1), randSlice(r, D, 1), randSlice(r, D, 1)
+			o1, o2 := make([]float32, D), make([]float32, D)
+			m1, r1 := normRow(o1, x, w, b, 1e-5, rms)
+			m2, r2 := normRowPlain(o2, x, w, b, 1e-5, rms)
+			if math.Abs(float64(m1-m2)) > 1e-6*math.Abs(float64(m2)) || math.Abs(float64(r1-r2)) > 1e-6*float64(r2) {
+				t.Fatalf("D=%d rms=%v: mean, rstd %g %g, plain %g %g", D, rms, m1, r1, m2, r2)
+			}
+			d1, d2 := randSlice(r, D, 1), make([]float32, D)
+			copy(d2, d1)
+			pw1, pb1 := make([]float32, D), make([]float32, D)
+			pw2, pb2 := make([]float32, D), make([]float32, D)
+			normBackRow(d1, pw1, pb1, g, x, w, m2, r2, rms)
+			normBackRowPlain(d2, pw2, pb2, g, x, w, m2, r2, rms)
+			for _, c := range []struct {
+				name   string
+				got, w []float32
+			}{{"out", o1, o2}, {"dx", d1, d2}, {"dw", pw1, pw2}, {"db", pb1, pb2}} {
+				for i := range c.w {
+					if d := math.Abs(float64(c.got[i] - c.w[i])); d > 2e-6*math.Max(1, math.Abs(float64(c.w[i]))) {
+						t.Fatalf("D=%d rms=%v: %s[%d] = %g, plain %g", D, rms, c.name, i, c.got[i], c.w[i])
+					}
+				}
+			}
+		}
+	}
+}

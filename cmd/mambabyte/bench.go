@@ -35,7 +35,8 @@ func cmdBench(args []string) error {
 	reps := fs.Int("reps", 7, "repetitions per figure (the median is reported)")
 	presetName := fs.String("preset", "", "model for decode and train (default: D 768 L 24 for decode, D 512 L 6 for train)")
 	streams := fs.String("streams", "1", "decode batch sizes, comma-separated")
-	batch := fs.Int("batch", 4, "train: windows per step")
+	batch := fs.Int("batch", 4, "train: windows per micro-batch")
+	accum := fs.Int("accum", 1, "train: micro-batches per optimizer step, their gradients summed (train --accum)")
 	seqLen := fs.Int("seq-len", 1024, "train: bytes per window")
 	recompute := fs.Bool("recompute", false, "train: recompute each layer's activations in the backward pass (train --recompute)")
 	profile := fs.Bool("profile", false, "train: after the timed steps, time one step operation by operation (GPU) and print the table on stderr")
@@ -43,8 +44,8 @@ func cmdBench(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *reps < 1 || *batch < 1 || *seqLen < 1 {
-		return fmt.Errorf("--reps, --batch and --seq-len must be at least 1")
+	if *reps < 1 || *batch < 1 || *accum < 1 || *seqLen < 1 {
+		return fmt.Errorf("--reps, --batch, --accum and --seq-len must be at least 1")
 	}
 	var streamList []int
 	for _, f := range strings.Split(*streams, ",") {
@@ -112,12 +113,16 @@ func cmdBench(args []string) error {
 		}
 	}
 	if want("train") {
-		secs, err := benchTrain(be, trainCfg, *batch, *seqLen, max(1, *reps/2), *recompute, *profile)
+		secs, err := benchTrain(be, trainCfg, *batch, *accum, *seqLen, max(1, *reps/2), *recompute, *profile)
 		if err != nil {
 			return err
 		}
-		flops := 6 * float64(trainCfg.NumParams()) * float64(*batch**seqLen)
+		stepBytes := *accum * *batch * *seqLen
+		flops := 6 * float64(trainCfg.NumParams()) * float64(stepBytes)
 		name := fmt.Sprintf("train step, D %d L %d (%.0fM), B %d, T %d", trainCfg.DModel, trainCfg.NLayer, float64(trainCfg.NumParams())/1e6, *batch, *seqLen)
+		if *accum > 1 {
+			name += fmt.Sprintf(", %d micro-batches", *accum)
+		}
 		if *recompute {
 			name += ", recompute"
 		}
@@ -128,7 +133,7 @@ func cmdBench(args []string) error {
 			used, _ := mi.MemInfo()
 			note += fmt.Sprintf("; device memory in use %.1f GB", float64(used)/1e9)
 		}
-		add(benchResult{name, float64(*batch**seqLen) / secs, "bytes/s", note})
+		add(benchResult{name, float64(stepBytes) / secs, "bytes/s", note})
 	}
 	if *asJSON {
 		return json.NewEncoder(os.Stdout).Encode(results)
@@ -228,7 +233,7 @@ func benchDecode(be backend.Backend, cfg model.Config, streams, reps int) (secs 
 
 // benchTrain returns the median seconds of a full training step
 // (forward, backward, gradient clipping and the AdamW update).
-func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, recompute, profile bool) (float64, error) {
+func benchTrain(be backend.Backend, cfg model.Config, B, accum, T, reps int, recompute, profile bool) (float64, error) {
 	m, err := model.New(cfg, be)
 	if err != nil {
 		return 0, err
@@ -254,11 +259,13 @@ func benchTrain(be backend.Backend, cfg model.Config, B, T, reps int, recompute,
 	n := 0
 	step := func() error {
 		m.ZeroGrads()
-		if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(B*T)); err != nil {
-			return err
-		}
-		if err := pass.Backward(); err != nil {
-			return err
+		for range accum {
+			if _, _, err := pass.Forward(ids, tg, nil, nil, 1/float32(accum*B*T)); err != nil {
+				return err
+			}
+			if err := pass.Backward(); err != nil {
+				return err
+			}
 		}
 		train.ClipGradNorm(m, 1)
 		n++

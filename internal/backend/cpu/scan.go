@@ -60,9 +60,9 @@ func scanParts(E int) int {
 // (B,T,E); Bt and Ct are (B,T,N) with row stride ldbc (views into the
 // x_proj output); A is (E,N) and Dskip (E). s0 (B,E,N) is the state before t=0 (nil means zero), sT
 // (B,E,N) receives the state after the last step and may alias s0; ckpt
-// (B,ScanChunks(T),N,E: state-major, so that a state of consecutive
-// channels is contiguous), if not nil, receives the state before each
-// chunk for ScanBackward. A recurrent step is ScanForward with T=1 and s0 = sT.
+// (B,ScanChunks(T),E,N), if not nil, receives the state before each chunk
+// for ScanBackward (the CUDA backend's layout too, which its tests
+// compare). A recurrent step is ScanForward with T=1 and s0 = sT.
 func ScanForward(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT, ckpt []float32, B, T, E, N int) {
 	if T == 1 && scanStep != nil && N%16 == 0 {
 		scanStep(y, u, delta, Bt, Ct, ldbc, A, Dskip, s0, sT, B, E, N)
@@ -91,12 +91,7 @@ func scanForwardPlain(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT,
 		}
 		for t := 0; t < T; t++ {
 			if ckpt != nil && t%ScanChunk == 0 {
-				base := (b*nc + t/ScanChunk) * N * E
-				for e := elo; e < ehi; e++ {
-					for i := 0; i < N; i++ {
-						ckpt[base+i*E+e] = s[(e-elo)*N+i]
-					}
-				}
+				copy(ckpt[((b*nc+t/ScanChunk)*E+elo)*N:], s)
 			}
 			row := (b*T + t) * E
 			bt := Bt[(b*T+t)*ldbc : (b*T+t)*ldbc+N]
@@ -170,12 +165,7 @@ func scanBackwardPlain(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct [
 		clear(g)
 		for c := nc - 1; c >= 0; c-- {
 			t0, t1 := c*ScanChunk, min(T, (c+1)*ScanChunk)
-			base := (b*nc + c) * N * E
-			for e := elo; e < ehi; e++ {
-				for i := 0; i < N; i++ {
-					states[(e-elo)*N+i] = ckpt[base+i*E+e]
-				}
-			}
+			copy(states[:n*N], ckpt[((b*nc+c)*E+elo)*N:((b*nc+c)*E+ehi)*N])
 			for t := t0; t < t1; t++ {
 				j := t - t0
 				row := (b*T + t) * E

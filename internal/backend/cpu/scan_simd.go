@@ -81,9 +81,9 @@ func scanForwardVec(y, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, s0, sT, c
 			}
 			for t := 0; t < T; t++ {
 				if ckpt != nil && t%ScanChunk == 0 {
-					base := (b*nc+t/ScanChunk)*N*E + c
+					base := (b*nc + t/ScanChunk) * E * N
 					for n := range sv {
-						sv[n].StoreSlice(ckpt[base+n*E:])
+						scatter16(ckpt[base:], c, N, n, sv[n])
 					}
 				}
 				row := (b*T+t)*E + c
@@ -217,10 +217,10 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 			}
 			for c := nc - 1; c >= 0; c-- {
 				t0, t1 := c*ScanChunk, min(T, (c+1)*ScanChunk)
-				base := (b*nc+c)*N*E + blo
+				base := (b*nc + c) * E * N
 				for n := 0; n < N; n++ {
 					for gi := 0; gi < G; gi++ {
-						st[(n*G+gi)*2] = load(ckpt[base+n*E+gi*16:])
+						st[(n*G+gi)*2] = gather16(ckpt[base:], blo+gi*16, N, n)
 					}
 				}
 				stageCols(sd, delta, b*T+t0, b*T+t1, E, blo, w)

@@ -346,16 +346,19 @@ func TestScan(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 10)
 	cb := cpu.New()
-	for _, sz := range [][4]int{
-		{2, 150, 24, 5}, {1, 64, 16, 16}, {3, 130, 40, 16}, {2, 1, 8, 16},
-		{1, 70, 9, 40}, {2, 65, 12, 80}, {1, 100, 5, 128}, {2, 257, 64, 16}, {2, 300, 512, 16},
-		{1, 2000, 32, 16}, {1, 1000, 16, 96},
+	for _, sz := range [][5]int{ // B, T, E, N, R
+		{2, 150, 24, 5, 3}, {1, 64, 16, 16, 3}, {3, 130, 40, 16, 3}, {2, 1, 8, 16, 3},
+		{1, 70, 9, 40, 3}, {2, 65, 12, 80, 3}, {1, 100, 5, 128, 3}, {2, 257, 64, 16, 3}, {2, 300, 512, 16, 3},
+		{1, 2000, 32, 16, 3}, {1, 1000, 16, 96, 3},
 		// N = 8, 16, 32 take the four-state backward; E off its block
 		// widths (64, 32, 16 channels).
-		{1, 200, 24, 8}, {2, 130, 20, 32}, {1, 64, 33, 16}, {2, 129, 70, 8},
+		{1, 200, 24, 8, 3}, {2, 130, 20, 32, 3}, {1, 64, 33, 16, 3}, {2, 129, 70, 8, 3},
+		// Bt, Ct rows on 16-byte boundaries, as the model's (R and R+2N
+		// multiples of 4), and E on the four-state blocks' widths.
+		{1, 200, 64, 8, 4}, {2, 130, 32, 16, 4}, {1, 150, 16, 32, 4}, {2, 300, 512, 16, 4},
+		{1, 2000, 32, 16, 8}, {3, 64, 48, 16, 4},
 	} {
-		B, T, E, N := sz[0], sz[1], sz[2], sz[3]
-		const R = 3
+		B, T, E, N, R := sz[0], sz[1], sz[2], sz[3], sz[4]
 		ldbc := R + 2*N
 		nc := cb.ScanCheckpoints(T)
 		for _, withS0 := range []bool{false, true} {
@@ -409,9 +412,11 @@ func TestScan(t *testing.T) {
 func TestScanDt(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 11)
-	for _, sz := range [][4]int{{2, 150, 24, 5}, {1, 130, 40, 16}, {2, 70, 20, 32}, {1, 64, 33, 16}} {
-		B, T, E, N := sz[0], sz[1], sz[2], sz[3]
-		const R = 3
+	for _, sz := range [][5]int{ // B, T, E, N, R (as in TestScan)
+		{2, 150, 24, 5, 3}, {1, 130, 40, 16, 3}, {2, 70, 20, 32, 3}, {1, 64, 33, 16, 3},
+		{1, 130, 32, 16, 4}, {2, 70, 16, 32, 4}, {1, 200, 64, 8, 4},
+	} {
+		B, T, E, N, R := sz[0], sz[1], sz[2], sz[3], sz[4]
 		ldbc := R + 2*N
 		nc := cpu.New().ScanCheckpoints(T)
 		name := fmt.Sprintf("B=%d T=%d E=%d N=%d", B, T, E, N)

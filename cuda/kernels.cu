@@ -1567,18 +1567,23 @@ struct ScanLane {
         int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
         bool ok = e0 + k < a.E;
         auto f = per(ok ? e0 + k : e0);
-        const float *s = src + (b * a.T + t0) * a.E + e0 + k;
-        for (int jt = tid / cpb; jt < kScanChunk; jt += blockDim.x / cpb)
-            dst[jt * cpb + k] = (jt < rows && ok) ? f(s[(int64_t)jt * a.E]) : 0.f;
+        // The source walks down the rows by pointer increments: an index
+        // times E in 64 bits cost more instructions than the copy itself.
+        const int j0 = tid / cpb, jstep = blockDim.x / cpb;
+        const float *s = src + (b * a.T + t0 + j0) * a.E + e0 + k;
+        const int64_t sstep = (int64_t)jstep * a.E;
+        for (int jt = j0; jt < kScanChunk; jt += jstep, s += sstep)
+            dst[jt * cpb + k] = (jt < rows && ok) ? f(*s) : 0.f;
     }
     // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
     // (N <= 128, so each pass of the block covers at least two rows).
     __device__ void stage_bc(float *dst, const float *src, const ScanArgs &a) const {
         int rows = t1 - t0, n = tid % a.N, r0 = tid / a.N, rstep = blockDim.x / a.N;
         if (r0 >= rstep) return;
-        const float *s = src + (b * a.T + t0) * a.ldbc + n;
-        for (int jt = r0; jt < kScanChunk; jt += rstep)
-            dst[jt * a.N + n] = jt < rows ? s[(int64_t)jt * a.ldbc] : 0.f;
+        const float *s = src + (b * a.T + t0 + r0) * a.ldbc + n;
+        const int64_t sstep = (int64_t)rstep * a.ldbc;
+        for (int jt = r0; jt < kScanChunk; jt += rstep, s += sstep)
+            dst[jt * a.N + n] = jt < rows ? *s : 0.f;
     }
 };
 
@@ -2006,8 +2011,9 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
     __syncthreads();
     const int rows = L.t1 - L.t0;
-    float *yo = y + (L.b * a.T + L.t0) * a.E + L.e;
-    for (int jt = 0; jt < rows; jt++) {
+    float *yo = y + (L.b * a.T + L.t0) * a.E + L.e;  // step jt's y, by increments
+    const int64_t E = a.E;
+    for (int jt = 0; jt < rows; jt++, yo += E) {
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
         const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
         float acc = s[0] * c4.x;
@@ -2016,7 +2022,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
         acc = fmaf(s[3], c4.w, acc);
 #pragma unroll
         for (int o = 1; o < P; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (L.ce && ln == 0) yo[(int64_t)jt * a.E] = fmaf(dsk, su[jt * cpb + grp], acc);
+        if (L.ce && ln == 0) *yo = fmaf(dsk, su[jt * cpb + grp], acc);
     }
     if (sT && L.c == nc - 1 && L.ce) {
 #pragma unroll

@@ -98,12 +98,23 @@ static void set_err(const char *fmt, ...) {
         }                                                                              \
     } while (0)
 
-#define ENTER()                                                                        \
+// g_packA_ok says the bf16 copy of the last GEMM's A operand (g_packA,
+// mb_gemm) still matches its source; ENTER drops it for every entry point
+// but mb_gemm, which may write anything.
+static bool g_packA_ok = false;
+
+#define ENTER_GEMM()                                                                   \
     do {                                                                               \
         if (!g_ready) {                                                                \
             set_err("%s: mb_init has not been called", __func__);                      \
             return 1;                                                                  \
         }                                                                              \
+    } while (0)
+
+#define ENTER()                                                                        \
+    do {                                                                               \
+        ENTER_GEMM();                                                                  \
+        g_packA_ok = false;                                                            \
     } while (0)
 
 // Growable device scratch: one general workspace, two int32 upload buffers
@@ -688,6 +699,23 @@ __global__ void k_pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, 
     }
 }
 
+// The bf16 copy of the A operand of the last bf16-operand GEMM, and what
+// it was made from. The backward's dW and dX products of a projection
+// take the same A (dxz for in_proj, dh for out_proj) in consecutive calls;
+// the second reuses the copy. It is valid (g_packA_ok) only while nothing
+// but mb_gemm has run since it was made (ENTER drops it) and no GEMM has
+// written over its source since; memory written by other means (NCCL)
+// must not be a GEMM's A operand between two mb_gemm calls.
+static __nv_bfloat16 *g_packA = nullptr;
+static size_t g_packA_n = 0;
+static const float *g_packA_src = nullptr;
+static int64_t g_packA_rows = 0, g_packA_cols = 0, g_packA_ld = 0;
+
+// overlaps says whether the float ranges [a, a+an) and [b, b+bn) meet.
+static bool overlaps(const float *a, int64_t an, const float *b, int64_t bn) {
+    return a < b + bn && b < a + an;
+}
+
 static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_t cols, int64_t ld) {
     bool vec = cols % 4 == 0 && ld % 4 == 0 && (uintptr_t)src % 16 == 0;
     if (vec)
@@ -699,7 +727,9 @@ static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                        float *c, int64_t ldc, int mode) {
-    ENTER();
+    ENTER_GEMM();
+    const bool keep = g_packA_ok;  // this call's A may reuse the last copy
+    g_packA_ok = false;            // unless re-established below
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0 || alpha == 0.f) {
         if (beta == 1.f) return 0;
@@ -730,13 +760,37 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
         if (workspace(carve_size<__nv_bfloat16>(ar * ac) + carve_size<__nv_bfloat16>(br * bc), &wsv)) return 1;
         char *cur = (char *)wsv;
         __nv_bfloat16 *a16 = carve<__nv_bfloat16>(&cur, ar * ac), *b16 = carve<__nv_bfloat16>(&cur, br * bc);
-        pack_bf16(a16, a, ar, ac, lda);
-        LAUNCHED();
+        if (keep && a == g_packA_src && ar == g_packA_rows && ac == g_packA_cols && lda == g_packA_ld) {
+            a16 = g_packA;
+        } else if (!g_capturing) {
+            // Into the kept buffer (growing it waits for work that may
+            // still read the old one).
+            if ((size_t)(ar * ac) > g_packA_n) {
+                CK(cudaStreamSynchronize(g_stream));
+                if (g_packA) CK(cudaFree(g_packA));
+                g_packA = nullptr;
+                g_packA_n = 0;
+                size_t want = (size_t)(ar * ac) + (size_t)(ar * ac) / 4 + 1024;
+                CK(cudaMalloc(&g_packA, want * sizeof(__nv_bfloat16)));
+                g_packA_n = want;
+            }
+            a16 = g_packA;
+            pack_bf16(a16, a, ar, ac, lda);
+            LAUNCHED();
+            g_packA_src = a, g_packA_rows = ar, g_packA_cols = ac, g_packA_ld = lda;
+        } else {
+            pack_bf16(a16, a, ar, ac, lda);  // a graph keeps nothing between calls
+            LAUNCHED();
+        }
         pack_bf16(b16, b, br, bc, ldb);
         LAUNCHED();
         CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF,
                          (int)bc, a16, CUDA_R_16BF, (int)ac, &beta, c, CUDA_R_32F, (int)ldc,
                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        // The copy stays valid for the next call unless this one wrote over
+        // its source.
+        g_packA_ok = !g_capturing && a16 == g_packA &&
+                     !overlaps(c, (m - 1) * ldc + n, g_packA_src, (g_packA_rows - 1) * g_packA_ld + g_packA_cols);
     } else {
         CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
                          (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,

@@ -80,7 +80,10 @@ int mb_stage_ids(const int32_t *ids_host, int64_t n);
  * float32 accumulation and storage (CUBLAS_COMPUTE_32F_FAST_16BF). beta == 0
  * overwrites C (NaNs in C are ignored). A·Bᵀ with m <= 8 (the decode step)
  * runs a kernel of the library's own that reads B once, in float32 in both
- * modes. */
+ * modes. In mode 1 a product with every side at least 512 runs on bf16 copies
+ * of its operands, and the copy of A is kept for the next mb_gemm with the
+ * same A (pointer, shape, stride) when no other mb_ call ran in between:
+ * memory written by other means (NCCL) must not be such an A. */
 int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
             float *c, int64_t ldc, int mode);

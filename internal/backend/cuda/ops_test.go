@@ -63,6 +63,32 @@ func TestGemm(t *testing.T) {
 	}
 }
 
+// The bf16 path keeps its copy of a GEMM's A operand for the next GEMM
+// with the same A (the backward's dW and dX pairs take the same dxz and dh
+// one after the other). Consecutive products of one A, in both stored
+// layouts' readings, must match the CPU, and so must a product after
+// another operation changed A in between.
+func TestGemmReusesACopy(t *testing.T) {
+	_, g16 := gpus(t)
+	e := newEnv(t, g16, 12)
+	const M, K, N = 520, 512, 536
+	x := e.randn(M*K, 0, 1) // A of every product: (M,K), or (K,M) read transposed
+	w1, w2 := e.randn(K*N, 0, 1), e.randn(N*K, 0, 1)
+	d := e.randn(M*N, 0, 1)
+	c1, c2, c3, c4 := e.nan(M*N), e.nan(M*N), e.nan(K*N), e.nan(M*N)
+	e.run(func(be backend.Backend, s side) {
+		be.Gemm(false, false, M, N, K, 1, x.on(s), K, w1.on(s), N, 0, c1.on(s), N) // makes the copy
+		be.Gemm(false, true, M, N, K, 1, x.on(s), K, w2.on(s), K, 0, c2.on(s), N)  // reuses it
+		be.Gemm(true, false, K, N, M, 1, x.on(s), K, d.on(s), N, 0, c3.on(s), N)   // xᵀ·d: the same stored A
+		be.Scale(x.on(s), -2)                                                         // A changes
+		be.Gemm(false, false, M, N, K, 1, x.on(s), K, w1.on(s), N, 0, c4.on(s), N)  // must see it
+	})
+	e.check("gemm bf16 A copied", "gemm bf16", c1, tolBF16)
+	e.check("gemm bf16 A copy reused", "gemm bf16", c2, tolBF16)
+	e.check("gemm bf16 A copy reused, transposed", "gemm bf16", c3, tolBF16)
+	e.check("gemm bf16 A changed in between", "gemm bf16", c4, tolBF16)
+}
+
 func TestEmbed(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 3)

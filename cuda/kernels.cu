@@ -327,7 +327,7 @@ template <class F>
 static int colsum(F f, int64_t rows, int64_t C, int Q) {
     if (rows <= 0 || C <= 0 || Q <= 0) return 0;
     int64_t rch = (rows + kMaxChunks - 1) / kMaxChunks;
-    if (rch < 64) rch = 64;
+    if (rch < 256) rch = 256;
     int64_t chunks = (rows + rch - 1) / rch;
     void *ws;
     if (workspace((size_t)chunks * Q * C * sizeof(float), &ws)) return 1;

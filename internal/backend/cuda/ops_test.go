@@ -80,8 +80,8 @@ func TestGemmReusesACopy(t *testing.T) {
 		be.Gemm(false, false, M, N, K, 1, x.on(s), K, w1.on(s), N, 0, c1.on(s), N) // makes the copy
 		be.Gemm(false, true, M, N, K, 1, x.on(s), K, w2.on(s), K, 0, c2.on(s), N)  // reuses it
 		be.Gemm(true, false, K, N, M, 1, x.on(s), K, d.on(s), N, 0, c3.on(s), N)   // xᵀ·d: the same stored A
-		be.Scale(x.on(s), -2)                                                         // A changes
-		be.Gemm(false, false, M, N, K, 1, x.on(s), K, w1.on(s), N, 0, c4.on(s), N)  // must see it
+		be.Scale(x.on(s), -2)                                                      // A changes
+		be.Gemm(false, false, M, N, K, 1, x.on(s), K, w1.on(s), N, 0, c4.on(s), N) // must see it
 	})
 	e.check("gemm bf16 A copied", "gemm bf16", c1, tolBF16)
 	e.check("gemm bf16 A copy reused", "gemm bf16", c2, tolBF16)

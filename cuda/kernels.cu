@@ -1375,25 +1375,115 @@ extern "C" int mb_scale(float *x, float s, int64_t n) {
     return 0;
 }
 
+// adamw_one is one AdamW update of value i.
+__device__ __forceinline__ void adamw_one(float *param, const float *grad, float *m, float *v,
+                                          int64_t i, float lr, float beta1, float beta2, float eps,
+                                          float wd, float bc1, float bc2) {
+    float g = grad[i];
+    float mi = beta1 * m[i] + (1.f - beta1) * g;
+    float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float den = sqrtf(vi / bc2) + eps;
+    float p = param[i];
+    param[i] = p - lr * (mi / bc1 / den + wd * p);
+}
+
 __global__ void k_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
-    GRID_LOOP(i, n) {
-        float g = grad[i];
-        float mi = beta1 * m[i] + (1.f - beta1) * g;
-        float vi = beta2 * v[i] + (1.f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float den = sqrtf(vi / bc2) + eps;
-        float p = param[i];
-        param[i] = p - lr * (mi / bc1 / den + wd * p);
-    }
+    GRID_LOOP(i, n) adamw_one(param, grad, m, v, i, lr, beta1, beta2, eps, wd, bc1, bc2);
 }
+
+// AdamWPiece is a piece of a run for one block of k_adamw_runs: at most
+// kAdamWPiece values from off, with weight decay wd.
+struct AdamWPiece {
+    int64_t off;
+    int32_t n;
+    float wd;
+};
+static const int32_t kAdamWPiece = 1 << 16;
+
+__global__ void k_adamw_runs(float *param, const float *grad, float *m, float *v,
+                             const AdamWPiece *pieces, float lr, float beta1, float beta2,
+                             float eps, float bc1, float bc2) {
+    const AdamWPiece pc = pieces[blockIdx.x];
+    for (int32_t j = threadIdx.x; j < pc.n; j += blockDim.x)
+        adamw_one(param, grad, m, v, pc.off + j, lr, beta1, beta2, eps, pc.wd, bc1, bc2);
+}
+
+static AdamWPiece *g_pieces = nullptr;
+static size_t g_pieces_n = 0;
 
 extern "C" int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
     ENTER();
     if (n <= 0) return 0;
     k_adamw<<<grid_for(n), kThreads, 0, g_stream>>>(param, grad, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+    LAUNCHED();
+    return 0;
+}
+
+// One launch for all runs (a launch per run cost more than the update: 320
+// runs for 353M). The runs are cut into pieces of kAdamWPiece values, one
+// block each; every value gets exactly mb_adamw's arithmetic.
+extern "C" int mb_adamw_runs(float *param, const float *grad, float *m, float *v,
+                             const int64_t *runs_host, const uint8_t *decay_host, int64_t nruns,
+                             float lr, float beta1, float beta2, float eps, float wd, float bc1,
+                             float bc2) {
+    ENTER();
+    NOT_CAPTURING();
+    if (nruns <= 0) return 0;
+    size_t count = 0;
+    for (int64_t r = 0; r < nruns; r++) {
+        int64_t n = runs_host[2 * r + 1];
+        if (runs_host[2 * r] < 0 || n < 0) {
+            set_err("mb_adamw_runs: run %lld has offset %lld, length %lld", (long long)r,
+                    (long long)runs_host[2 * r], (long long)n);
+            return 1;
+        }
+        count += (size_t)((n + kAdamWPiece - 1) / kAdamWPiece);
+    }
+    if (count == 0) return 0;
+    if (count > 0x7fffffff) {
+        set_err("mb_adamw_runs: %zu pieces", count);
+        return 1;
+    }
+    AdamWPiece *host = (AdamWPiece *)malloc(count * sizeof(AdamWPiece));
+    if (!host) {
+        set_err("mb_adamw_runs: out of host memory");
+        return 1;
+    }
+    size_t k = 0;
+    for (int64_t r = 0; r < nruns; r++) {
+        int64_t off = runs_host[2 * r], n = runs_host[2 * r + 1];
+        for (int64_t j = 0; j < n; j += kAdamWPiece) {
+            int64_t len = n - j < kAdamWPiece ? n - j : kAdamWPiece;
+            host[k++] = AdamWPiece{off + j, (int32_t)len, decay_host[r] ? wd : 0.f};
+        }
+    }
+    if (count > g_pieces_n) {
+        // Earlier launches may still read the old table.
+        cudaError_t e = cudaStreamSynchronize(g_stream);
+        if (e == cudaSuccess && g_pieces) e = cudaFree(g_pieces);
+        g_pieces = nullptr;
+        g_pieces_n = 0;
+        if (e == cudaSuccess) e = cudaMalloc(&g_pieces, (count + count / 4 + 16) * sizeof(AdamWPiece));
+        if (e != cudaSuccess) {
+            free(host);
+            set_err("mb_adamw_runs: %s", cudaGetErrorString(e));
+            return 1;
+        }
+        g_pieces_n = count + count / 4 + 16;
+    }
+    // From pageable memory the copy has taken the values when it returns;
+    // it is ordered after earlier launches that read the table.
+    cudaError_t e = cudaMemcpyAsync(g_pieces, host, count * sizeof(AdamWPiece), cudaMemcpyHostToDevice, g_stream);
+    free(host);
+    if (e != cudaSuccess) {
+        set_err("mb_adamw_runs: %s", cudaGetErrorString(e));
+        return 1;
+    }
+    k_adamw_runs<<<(unsigned)count, kThreads, 0, g_stream>>>(param, grad, m, v, g_pieces, lr, beta1, beta2, eps, bc1, bc2);
     LAUNCHED();
     return 0;
 }

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 6
+#define MB_ABI_VERSION 7
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -173,6 +173,13 @@ int mb_scale(float *x, float s, int64_t n);
 /* One AdamW update of n values (see cpu.AdamW). */
 int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
              float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+/* mb_adamw on nruns runs of the same buffers in one launch: run r is the
+ * runs[2r+1] values from offset runs[2r], with weight decay wd where
+ * decay[r] is nonzero and none otherwise (host arrays, copied before the
+ * call returns). */
+int mb_adamw_runs(float *param, const float *grad, float *m, float *v, const int64_t *runs_host,
+                  const uint8_t *decay_host, int64_t nruns, float lr, float beta1, float beta2,
+                  float eps, float wd, float bc1, float bc2);
 
 /* The fused recurrent step (step.cuh): one byte for each of B streams
  * through one residual block, h (B,D) += block(h), updating the block's

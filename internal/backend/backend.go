@@ -172,3 +172,20 @@ type StepWeights interface {
 	// Free releases the copy; it must not be used afterwards.
 	Free()
 }
+
+// Run is a contiguous range of the parameter buffer whose tensors share
+// their weight-decay treatment (model.DecayRuns).
+type Run struct {
+	Off, Len int
+	Decay    bool
+}
+
+// AdamWRunner is a backend that updates many runs of the parameter buffer
+// in one call, where one call per run would cost more than the update (a
+// GPU launch per run).
+type AdamWRunner interface {
+	// AdamWRuns is AdamW on param[r.Off:r.Off+r.Len] (and the same ranges
+	// of grad, m and v) for every run r, with weight decay wd where r.Decay
+	// and none elsewhere: the updates of one AdamW call per run.
+	AdamWRuns(param, grad, m, v Tensor, runs []Run, lr, beta1, beta2, eps, wd, bc1, bc2 float32)
+}

@@ -307,10 +307,7 @@ func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(s
 
 // Run is a contiguous range of the parameter buffer whose tensors share
 // their weight-decay treatment.
-type Run struct {
-	Off, Len int
-	Decay    bool
-}
+type Run = backend.Run
 
 // DecayRuns splits the parameter buffer into maximal runs of tensors that
 // are all decayed or all excluded from decay (see NoDecay).

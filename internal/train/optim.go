@@ -29,6 +29,12 @@ func NewAdamW(m *model.Model, beta1, beta2, eps, wd float64) *AdamW {
 func (o *AdamW) Step(m *model.Model, step int, lr float64) {
 	bc1 := 1 - math.Pow(o.Beta1, float64(step))
 	bc2 := 1 - math.Pow(o.Beta2, float64(step))
+	if ar, ok := m.BE.(backend.AdamWRunner); ok {
+		ar.AdamWRuns(m.Params, m.Grads, o.M, o.V, o.runs, float32(lr), float32(o.Beta1), float32(o.Beta2),
+			float32(o.Eps), float32(o.WeightDecay), float32(bc1), float32(bc2))
+		m.Touch()
+		return
+	}
 	for _, r := range o.runs {
 		wd := 0.0
 		if r.Decay {

@@ -431,6 +431,29 @@ func (be *Backend) AdamW(param, grad, m, v backend.Tensor, lr, beta1, beta2, eps
 	keep(param, grad, m, v)
 }
 
+// AdamWRuns runs every run's update in one launch (backend.AdamWRunner).
+func (be *Backend) AdamWRuns(param, grad, m, v backend.Tensor, runs []backend.Run, lr, beta1, beta2, eps, wd, bc1, bc2 float32) {
+	if len(runs) == 0 {
+		return
+	}
+	n := param.Len()
+	if grad.Len() != n || m.Len() != n || v.Len() != n {
+		panic(fmt.Sprintf("cuda: AdamWRuns: lengths %d, %d, %d, %d differ", n, grad.Len(), m.Len(), v.Len()))
+	}
+	rs, dec := make([]int64, 2*len(runs)), make([]uint8, len(runs))
+	for i, r := range runs {
+		if r.Off < 0 || r.Len < 0 || r.Off+r.Len > n {
+			panic(fmt.Sprintf("cuda: AdamWRuns: run %d, %d values from %d, outside %d", i, r.Len, r.Off, n))
+		}
+		rs[2*i], rs[2*i+1] = int64(r.Off), int64(r.Len)
+		if r.Decay {
+			dec[i] = 1
+		}
+	}
+	be.l.check("adamw runs", be.l.adamWRuns(ptr(param), ptr(grad), ptr(m), ptr(v), rs, dec, int64(len(runs)), lr, beta1, beta2, eps, wd, bc1, bc2))
+	keep(param, grad, m, v)
+}
+
 // CaptureEnabled is false when MAMBABYTE_CUDA_GRAPHS is "0".
 func (be *Backend) CaptureEnabled() bool { return os.Getenv("MAMBABYTE_CUDA_GRAPHS") != "0" }
 

@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 6
+const abiVersion = 7
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -75,6 +75,7 @@ type lib struct {
 	sumSquares   func(x uintptr, n int64, out *float64) int32
 	scale        func(x uintptr, s float32, n int64) int32
 	adamW        func(param, grad, m, v uintptr, n int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
+	adamWRuns    func(param, grad, m, v uintptr, runs []int64, decay []uint8, nruns int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
 
 	stepBlock func(a *stepArgs) int32
 	stepHead  func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
@@ -238,6 +239,7 @@ func openLib() (l *lib, err error) {
 	reg(&l.sumSquares, "mb_sum_squares")
 	reg(&l.scale, "mb_scale")
 	reg(&l.adamW, "mb_adamw")
+	reg(&l.adamWRuns, "mb_adamw_runs")
 	return l, nil
 }
 

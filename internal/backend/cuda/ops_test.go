@@ -306,6 +306,43 @@ func TestAdamW(t *testing.T) {
 	}
 }
 
+// AdamWRuns (one launch) against one AdamW call per run on the CPU: runs
+// longer than a launch block's piece (65,536 values), with and without
+// decay, and values in no run, which must stay as they are.
+func TestAdamWRuns(t *testing.T) {
+	g, _ := gpus(t)
+	e := newEnv(t, g, 13)
+	const n = 200_000
+	runs := []backend.Run{{Off: 0, Len: 5, Decay: false}, {Off: 5, Len: 140_000, Decay: true}, {Off: 140_005, Len: 1, Decay: false},
+		{Off: 140_010, Len: 59_000, Decay: true}, {Off: 199_010, Len: 990, Decay: false}} // 140_006..140_009 in no run
+	param, grad, m := e.randn(n, 0, 1), e.randn(n, 0, 0.1), e.randn(n, 0, 0.01)
+	vv := make([]float32, n)
+	for i := range vv {
+		vv[i] = float32(e.r.Float64() * 1e-3)
+	}
+	v := e.from(vv)
+	for step := 1; step <= 3; step++ {
+		bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.95, float64(step))
+		e.run(func(be backend.Backend, s side) {
+			if ar, ok := be.(backend.AdamWRunner); ok {
+				ar.AdamWRuns(param.on(s), grad.on(s), m.on(s), v.on(s), runs, 1e-3, 0.9, 0.95, 1e-8, 0.1, float32(bc1), float32(bc2))
+				return
+			}
+			for _, r := range runs {
+				wd := float32(0)
+				if r.Decay {
+					wd = 0.1
+				}
+				be.AdamW(param.on(s).Slice(r.Off, r.Len), grad.on(s).Slice(r.Off, r.Len), m.on(s).Slice(r.Off, r.Len),
+					v.on(s).Slice(r.Off, r.Len), 1e-3, 0.9, 0.95, 1e-8, wd, float32(bc1), float32(bc2))
+			}
+		})
+	}
+	e.check("adamw runs param", "adamw", param, 1e-6)
+	e.check("adamw runs m", "adamw", m, 1e-6)
+	e.check("adamw runs v", "adamw", v, 1e-6)
+}
+
 func TestCrossEntropy(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 9)

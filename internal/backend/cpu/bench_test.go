@@ -7,9 +7,10 @@ import (
 
 // scanBenchInputs returns scan inputs at the shape of the CPU training
 // benchmark's layers (BENCHMARKS.md): B 4, T 1024, E 1024, N 16, Δ in
-// softplus's usual range and A at mamba_ssm's initialisation.
-func scanBenchInputs(B, E int) (T, N, ldbc int, u, delta, xdbl, A, Dskip []float32) {
-	T, N = 1024, 16
+// softplus's usual range and A at mamba_ssm's initialisation, and the
+// checkpoints of a forward over them.
+func scanBenchInputs() (B, T, E, N, ldbc int, u, delta, xdbl, A, Dskip, ckpt []float32) {
+	B, T, E, N = 4, 1024, 1024, 16
 	ldbc = 32 + 2*N
 	r := rand.New(rand.NewPCG(5, 6))
 	u = randSlice(r, B*T*E, 1)
@@ -25,6 +26,8 @@ func scanBenchInputs(B, E int) (T, N, ldbc int, u, delta, xdbl, A, Dskip []float
 		}
 	}
 	Dskip = randSlice(r, E, 1)
+	ckpt = make([]float32, B*ScanChunks(T)*E*N)
+	ScanForward(make([]float32, B*T*E), u, delta, xdbl[32:], xdbl[32+N:], ldbc, A, Dskip, nil, nil, ckpt, B, T, E, N)
 	return
 }
 
@@ -32,13 +35,8 @@ func scanBenchInputs(B, E int) (T, N, ldbc int, u, delta, xdbl, A, Dskip []float
 // (with the checkpoints the backward needs). Bytes are state elements
 // (B·T·E·N) times 4.
 func BenchmarkScanForward(b *testing.B) {
-	B, E := 4, 1024
-	if testing.Short() {
-		B, E = 256, 16
-	}
-	T, N, ldbc, u, delta, xdbl, A, Dskip := scanBenchInputs(B, E)
+	B, T, E, N, ldbc, u, delta, xdbl, A, Dskip, ckpt := scanBenchInputs()
 	y := make([]float32, B*T*E)
-	ckpt := make([]float32, B*ScanChunks(T)*E*N)
 	b.SetBytes(int64(B * T * E * N * 4))
 	for b.Loop() {
 		ScanForward(y, u, delta, xdbl[32:], xdbl[32+N:], ldbc, A, Dskip, nil, nil, ckpt, B, T, E, N)
@@ -47,14 +45,7 @@ func BenchmarkScanForward(b *testing.B) {
 
 // BenchmarkScanBackward times one layer's scan backward.
 func BenchmarkScanBackward(b *testing.B) {
-	B, E := 4, 1024
-	if testing.Short() {
-		B, E = 256, 16
-	}
-	T, N, ldbc, u, delta, xdbl, A, Dskip := scanBenchInputs(B, E)
-	y := make([]float32, B*T*E)
-	ckpt := make([]float32, B*ScanChunks(T)*E*N)
-	ScanForward(y, u, delta, xdbl[32:], xdbl[32+N:], ldbc, A, Dskip, nil, nil, ckpt, B, T, E, N)
+	B, T, E, N, ldbc, u, delta, xdbl, A, Dskip, ckpt := scanBenchInputs()
 	r := rand.New(rand.NewPCG(7, 8))
 	dy := randSlice(r, B*T*E, 1)
 	du, dd := make([]float32, B*T*E), make([]float32, B*T*E)

@@ -154,18 +154,25 @@ func TestConvState(t *testing.T) {
 	}
 }
 
+// scanTestInputs returns random scan inputs for rows positions of E
+// channels: u, Δ in [0.01, 0.01+span), and an x_proj output of rows of
+// ldbc values (the callers take Bt and Ct as views into it).
+func scanTestInputs(r *rand.Rand, rows, E, ldbc int, span float64) (u, delta, xdbl []float32) {
+	u = randSlice(r, rows*E, 1)
+	delta = make([]float32, rows*E)
+	for i := range delta {
+		delta[i] = float32(r.Float64()*span + 0.01)
+	}
+	return u, delta, randSlice(r, rows*ldbc, 1)
+}
+
 func TestScanMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	for _, tc := range []struct{ B, T, E, N int }{{1, 1, 1, 1}, {2, 5, 3, 4}, {2, 150, 20, 16}, {1, 70, 9, 7}, {2, 150, 32, 16}, {1, 70, 48, 7}, {3, 9, 64, 1}, {3, 20, 7, 32}, {1, 5, 16, 16}} {
 		for _, withState := range []bool{false, true} {
 			B, T, E, N := tc.B, tc.T, tc.E, tc.N
 			ldbc := 2*N + 3
-			u := randSlice(r, B*T*E, 1)
-			delta := make([]float32, B*T*E)
-			for i := range delta {
-				delta[i] = float32(r.Float64()*0.5 + 0.01)
-			}
-			xdbl := randSlice(r, B*T*ldbc, 1)
+			u, delta, xdbl := scanTestInputs(r, B*T, E, ldbc, 0.5)
 			Bt, Ct := xdbl[3:], xdbl[3+N:]
 			Alog := randSlice(r, E*N, 0.7)
 			Dskip := randSlice(r, E, 1)
@@ -274,12 +281,7 @@ func TestScanBackwardMatchesPlain(t *testing.T) {
 	for _, tc := range []struct{ B, T, E, N int }{{2, 150, 160, 16}, {1, 70, 48, 32}, {2, 65, 32, 7}, {1, 130, 64, 20}, {3, 9, 16, 16}} {
 		B, T, E, N := tc.B, tc.T, tc.E, tc.N
 		ldbc := 2*N + 5
-		u := randSlice(r, B*T*E, 1)
-		delta := make([]float32, B*T*E)
-		for i := range delta {
-			delta[i] = float32(r.Float64()*0.4 + 0.01)
-		}
-		xdbl := randSlice(r, B*T*ldbc, 1)
+		u, delta, xdbl := scanTestInputs(r, B*T, E, ldbc, 0.4)
 		Bt, Ct := xdbl[5:], xdbl[5+N:]
 		A := make([]float32, E*N)
 		NegExp(A, randSlice(r, E*N, 1))

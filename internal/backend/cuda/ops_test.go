@@ -284,16 +284,21 @@ func TestGateAddScaleNegExp(t *testing.T) {
 	}
 }
 
+// adamwInputs returns parameters, gradients and moments of n values (the
+// second moments non-negative).
+func adamwInputs(e *env, n int) (param, grad, m, v *pair) {
+	vv := make([]float32, n)
+	for i := range vv {
+		vv[i] = float32(e.r.Float64() * 1e-3)
+	}
+	return e.randn(n, 0, 1), e.randn(n, 0, 0.1), e.randn(n, 0, 0.01), e.from(vv)
+}
+
 func TestAdamW(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 8)
 	for _, n := range []int{1, 999, 65537} {
-		param, grad, m := e.randn(n, 0, 1), e.randn(n, 0, 0.1), e.randn(n, 0, 0.01)
-		vv := make([]float32, n)
-		for i := range vv {
-			vv[i] = float32(e.r.Float64() * 1e-3)
-		}
-		v := e.from(vv)
+		param, grad, m, v := adamwInputs(e, n)
 		for step := 1; step <= 3; step++ {
 			bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.95, float64(step))
 			e.run(func(be backend.Backend, s side) {
@@ -315,12 +320,7 @@ func TestAdamWRuns(t *testing.T) {
 	const n = 200_000
 	runs := []backend.Run{{Off: 0, Len: 5, Decay: false}, {Off: 5, Len: 140_000, Decay: true}, {Off: 140_005, Len: 1, Decay: false},
 		{Off: 140_010, Len: 59_000, Decay: true}, {Off: 199_010, Len: 990, Decay: false}} // 140_006..140_009 in no run
-	param, grad, m := e.randn(n, 0, 1), e.randn(n, 0, 0.1), e.randn(n, 0, 0.01)
-	vv := make([]float32, n)
-	for i := range vv {
-		vv[i] = float32(e.r.Float64() * 1e-3)
-	}
-	v := e.from(vv)
+	param, grad, m, v := adamwInputs(e, n)
 	for step := 1; step <= 3; step++ {
 		bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.95, float64(step))
 		e.run(func(be backend.Backend, s side) {

@@ -101,7 +101,35 @@ func Rendezvous(ctx context.Context, e Env, blob []byte) (*Group, []byte, error)
 	return g, got, nil
 }
 
+// serve is rank 0's side of Rendezvous. When it fails, the ranks that had
+// joined are told why (refused, with rank 0's error) rather than finding
+// their connection closed.
 func (g *Group) serve(ctx context.Context, e Env, blob []byte) error {
+	if err := g.accept(ctx, e); err != nil {
+		for _, c := range g.conns {
+			if c != nil {
+				refuse(c, err.Error())
+			}
+		}
+		return err
+	}
+	for r := 1; r < e.World; r++ {
+		c := g.conns[r]
+		c.SetWriteDeadline(deadline(ctx))
+		var b bytes.Buffer
+		b.WriteString(magic)
+		b.WriteByte(0)
+		writeFrameTo(&b, blob)
+		if _, err := c.Write(b.Bytes()); err != nil {
+			return fmt.Errorf("rendezvous: sending the blob to rank %d: %w", r, err)
+		}
+		c.SetWriteDeadline(time.Time{})
+	}
+	return nil
+}
+
+// accept waits until every rank has joined (g.conns filled).
+func (g *Group) accept(ctx context.Context, e Env) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", e.Addr)
 	if err != nil {
@@ -134,18 +162,6 @@ func (g *Group) serve(ctx context.Context, e Env, blob []byte) error {
 		}
 		g.conns[rank] = c
 		joined++
-	}
-	for r := 1; r < e.World; r++ {
-		c := g.conns[r]
-		c.SetWriteDeadline(deadline(ctx))
-		var b bytes.Buffer
-		b.WriteString(magic)
-		b.WriteByte(0)
-		writeFrameTo(&b, blob)
-		if _, err := c.Write(b.Bytes()); err != nil {
-			return fmt.Errorf("rendezvous: sending the blob to rank %d: %w", r, err)
-		}
-		c.SetWriteDeadline(time.Time{})
 	}
 	return nil
 }

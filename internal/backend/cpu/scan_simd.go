@@ -181,7 +181,7 @@ func stageCols(dst, src []float32, r0, r1, ld, c, w int) {
 //	blk  [n][group][3]vec   A, g (a_{t+1}·dL/ds_{t+1}, carried backwards), dA
 //	st   [j][n][group][2]vec  slot j+1: s after step t0+j, exp(Δ·A) at it;
 //	                          slot 0: the chunk's first state
-//	acc  [n][2]vec          this step's dBt and dCt lanes, summed over groups
+//	acc  [2][n]vec          this step's dBt, then dCt lanes, summed over groups
 //
 // A group is 16 channels, one vector.
 func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []float32, ldbc int, A, Dskip, ckpt []float32, B, T, E, N, elo, ehi int) {
@@ -194,7 +194,6 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 	sd := make([]float32, ScanChunk*W) // the chunk's Δ, u and dy: [j][channel]
 	su := make([]float32, ScanChunk*W)
 	sy := make([]float32, ScanChunk*W)
-	pbv, pcv := make([]vec, N), make([]vec, N)
 	var lane [16]float32
 	for blo := elo; blo < ehi; blo += W {
 		w := min(W, ehi-blo)
@@ -263,9 +262,9 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 							gb = bcast(fp(pb, 4*n)).MulAdd(gs, gb)
 							dd = vp(pblk, ob).MulAdd(da, dd)
 							*vp(pblk, ob+128) = da.MulAdd(d, *vp(pblk, ob+128))
-							pa := vp(pacc, 128*n)
+							pa := vp(pacc, 64*n)
 							*pa = gs.MulAdd(dun, *pa)
-							pa = vp(pacc, 128*n+64)
+							pa = vp(pacc, 64*(N+n))
 							*pa = vp(pst, os+slot).MulAdd(gy, *pa)
 							ob += 3 * G * 64
 							os += 2 * G * 64
@@ -275,11 +274,8 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 						uu.MulAdd(gb, dd).StoreSlice(ddelta[row+gi*16:])
 						gy.MulAdd(uu, load(dD[gi*16:])).StoreSlice(dD[gi*16:])
 					}
-					for n := 0; n < N; n++ {
-						pbv[n], pcv[n] = acc[2*n], acc[2*n+1]
-					}
-					addLaneSums(pB[(b*T+t)*N:(b*T+t+1)*N], pbv)
-					addLaneSums(pC[(b*T+t)*N:(b*T+t+1)*N], pcv)
+					addLaneSums(pB[(b*T+t)*N:(b*T+t+1)*N], acc[:N])
+					addLaneSums(pC[(b*T+t)*N:(b*T+t+1)*N], acc[N:])
 				}
 			}
 		}

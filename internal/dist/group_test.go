@@ -185,42 +185,15 @@ func TestRendezvousBadPeers(t *testing.T) {
 	c.Close()
 
 	// A fake rank 0 that sends a blob longer than the limit.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.ReadFull(c, make([]byte, helloLen))
-		var b [9]byte
-		copy(b[:], magic)
-		binary.LittleEndian.PutUint32(b[5:], maxBlob+1)
-		c.Write(b[:])
-		time.Sleep(time.Second)
-	}()
-	_, _, err = Rendezvous(context.Background(), Env{Rank: 1, World: 2, Addr: ln.Addr().String(), Timeout: 3 * time.Second}, nil)
+	var b [9]byte
+	copy(b[:], magic)
+	binary.LittleEndian.PutUint32(b[5:], maxBlob+1)
+	_, _, err = Rendezvous(context.Background(), Env{Rank: 1, World: 2, Addr: fakeRank0(t, b[:]), Timeout: 3 * time.Second}, nil)
 	if err == nil || !strings.Contains(err.Error(), "exceeds the limit") {
 		t.Errorf("rank 1 given an oversized blob: %v", err)
 	}
 	// And one with the wrong magic.
-	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln2.Close()
-	go func() {
-		c, err := ln2.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.ReadFull(c, make([]byte, helloLen))
-		c.Write([]byte("SSH-2\x00\x00\x00\x00"))
-		time.Sleep(time.Second)
-	}()
-	_, _, err = Rendezvous(context.Background(), Env{Rank: 1, World: 2, Addr: ln2.Addr().String(), Timeout: 3 * time.Second}, nil)
+	_, _, err = Rendezvous(context.Background(), Env{Rank: 1, World: 2, Addr: fakeRank0(t, []byte("SSH-2\x00\x00\x00\x00")), Timeout: 3 * time.Second}, nil)
 	if err == nil || !strings.Contains(err.Error(), "not a mambabyte rendezvous") {
 		t.Errorf("rank 1 answered with a bad magic: %v", err)
 	}
@@ -360,4 +333,26 @@ func flatten(environ []string) []string {
 		kv = append(kv, k, v)
 	}
 	return kv
+}
+
+// fakeRank0 listens on a free local port, takes one rank's hello and
+// answers with reply, and returns its address.
+func fakeRank0(t *testing.T, reply []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.ReadFull(c, make([]byte, helloLen))
+		c.Write(reply)
+		time.Sleep(time.Second)
+	}()
+	return ln.Addr().String()
 }

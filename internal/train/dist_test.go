@@ -166,6 +166,13 @@ func runSingle(t *testing.T, o Options, text []byte) jobResult {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return runTrainer(t, tr)
+}
+
+// runTrainer runs tr to its end in this process and returns its metrics
+// and weights.
+func runTrainer(t *testing.T, tr *Trainer) jobResult {
+	t.Helper()
 	var res jobResult
 	tr.Progress = func(m Metrics) { res.metrics = append(res.metrics, m) }
 	if err := tr.Run(context.Background()); err != nil {
@@ -270,13 +277,7 @@ func TestResumeOnAnotherWorldSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var last jobResult
-	tr.Progress = func(m Metrics) { last.metrics = append(last.metrics, m) }
-	if err := tr.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	last.params, last.step = tr.Model.ParamsHost(), tr.Step
-	compare(t, "alone, steps 7-8", last, want, 6)
+	compare(t, "alone, steps 7-8", runTrainer(t, tr), want, 6)
 
 	// A world that does not divide the batch is refused, clearly.
 	_, err = runJob(t, o, text, 3, out, 0)

@@ -274,8 +274,8 @@ func packB(dst []float32, transB bool, b []float32, ldb, pc, jc, kc, nc int) {
 // starts at float ir·kc in both layouts:
 //
 //   - op(A) = A: the block row-major, rows of kc floats (rs = 4kc, cs = 4).
-//     (Reading A in place instead ran the 1024³ product at 60% of the
-//     packed speed: rows 4 KB apart fight over the same cache sets.)
+//     (Reading A in place instead was much slower on the 1024³ product:
+//     rows 4 KB apart fight over the same cache sets.)
 //   - op(A) = Aᵀ: each panel column-major, mr floats per p (rs = 4,
 //     cs = 4mr), by packAT.
 func packA(dst []float32, transA bool, a []float32, lda, ic, pc, mc, kc int) (rs, cs uintptr) {

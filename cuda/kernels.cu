@@ -124,28 +124,34 @@ static bool g_packA_ok = false;
 static void *g_ws = nullptr;
 static size_t g_ws_bytes = 0;
 static int32_t *g_i32[2] = {nullptr, nullptr};
-static size_t g_i32_n[2] = {0, 0};
+static size_t g_i32_bytes[2] = {0, 0};
 static double *g_result = nullptr;
 static const int64_t kStagedIDs = 1 << 20;
 static int32_t *g_staged = nullptr;
 
-// workspace makes *p point at a device workspace of at least bytes. Work
-// launched earlier may still use the old one, so growing waits for it; a
+// grow makes *buf a device buffer of at least bytes (*have its size),
+// reallocating with room to spare. Work launched earlier may still use the
+// old buffer, so it waits for the stream first.
+static int grow(void **buf, size_t *have, size_t bytes) {
+    if (bytes <= *have) return 0;
+    CK(cudaStreamSynchronize(g_stream));
+    if (*buf) CK(cudaFree(*buf));
+    *buf = nullptr;
+    *have = 0;
+    size_t want = bytes + bytes / 4 + 4096;
+    CK(cudaMalloc(buf, want));
+    *have = want;
+    return 0;
+}
+
+// workspace makes *p point at a device workspace of at least bytes. A
 // graph being captured may already refer to it, so it cannot grow then.
 static int workspace(size_t bytes, void **p) {
-    if (bytes > g_ws_bytes) {
-        if (g_capturing) {
-            set_err("workspace: cannot grow to %zu bytes while a graph is being captured", bytes);
-            return 1;
-        }
-        CK(cudaStreamSynchronize(g_stream));
-        if (g_ws) CK(cudaFree(g_ws));
-        g_ws = nullptr;
-        g_ws_bytes = 0;
-        size_t want = bytes + bytes / 4 + 4096;
-        CK(cudaMalloc(&g_ws, want));
-        g_ws_bytes = want;
+    if (bytes > g_ws_bytes && g_capturing) {
+        set_err("workspace: cannot grow to %zu bytes while a graph is being captured", bytes);
+        return 1;
     }
+    if (grow(&g_ws, &g_ws_bytes, bytes)) return 1;
     *p = g_ws;
     return 0;
 }
@@ -153,15 +159,7 @@ static int workspace(size_t bytes, void **p) {
 // upload_i32 copies n int32 values from the host into upload buffer slot.
 static int upload_i32(int slot, const int32_t *host, int64_t n, int32_t **out) {
     NOT_CAPTURING();
-    if ((size_t)n > g_i32_n[slot]) {
-        CK(cudaStreamSynchronize(g_stream));
-        if (g_i32[slot]) CK(cudaFree(g_i32[slot]));
-        g_i32[slot] = nullptr;
-        g_i32_n[slot] = 0;
-        size_t want = (size_t)n + (size_t)n / 4 + 64;
-        CK(cudaMalloc(&g_i32[slot], want * sizeof(int32_t)));
-        g_i32_n[slot] = want;
-    }
+    if (grow((void **)&g_i32[slot], &g_i32_bytes[slot], (size_t)n * sizeof(int32_t))) return 1;
     // Ordered after earlier work on g_stream, so a kernel still reading the
     // buffer finishes first. From pageable memory, cudaMemcpyAsync returns
     // once the host values have been taken.
@@ -707,7 +705,7 @@ __global__ void k_pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, 
 // written over its source since; memory written by other means (NCCL)
 // must not be a GEMM's A operand between two mb_gemm calls.
 static __nv_bfloat16 *g_packA = nullptr;
-static size_t g_packA_n = 0;
+static size_t g_packA_bytes = 0;
 static const float *g_packA_src = nullptr;
 static int64_t g_packA_rows = 0, g_packA_cols = 0, g_packA_ld = 0;
 
@@ -763,17 +761,7 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
         if (keep && a == g_packA_src && ar == g_packA_rows && ac == g_packA_cols && lda == g_packA_ld) {
             a16 = g_packA;
         } else if (!g_capturing) {
-            // Into the kept buffer (growing it waits for work that may
-            // still read the old one).
-            if ((size_t)(ar * ac) > g_packA_n) {
-                CK(cudaStreamSynchronize(g_stream));
-                if (g_packA) CK(cudaFree(g_packA));
-                g_packA = nullptr;
-                g_packA_n = 0;
-                size_t want = (size_t)(ar * ac) + (size_t)(ar * ac) / 4 + 1024;
-                CK(cudaMalloc(&g_packA, want * sizeof(__nv_bfloat16)));
-                g_packA_n = want;
-            }
+            if (grow((void **)&g_packA, &g_packA_bytes, (size_t)(ar * ac) * sizeof(__nv_bfloat16))) return 1;
             a16 = g_packA;
             pack_bf16(a16, a, ar, ac, lda);
             LAUNCHED();
@@ -1412,7 +1400,7 @@ __global__ void k_adamw_runs(float *param, const float *grad, float *m, float *v
 }
 
 static AdamWPiece *g_pieces = nullptr;
-static size_t g_pieces_n = 0;
+static size_t g_pieces_bytes = 0;
 
 extern "C" int mb_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
@@ -1461,19 +1449,9 @@ extern "C" int mb_adamw_runs(float *param, const float *grad, float *m, float *v
             host[k++] = AdamWPiece{off + j, (int32_t)len, decay_host[r] ? wd : 0.f};
         }
     }
-    if (count > g_pieces_n) {
-        // Earlier launches may still read the old table.
-        cudaError_t e = cudaStreamSynchronize(g_stream);
-        if (e == cudaSuccess && g_pieces) e = cudaFree(g_pieces);
-        g_pieces = nullptr;
-        g_pieces_n = 0;
-        if (e == cudaSuccess) e = cudaMalloc(&g_pieces, (count + count / 4 + 16) * sizeof(AdamWPiece));
-        if (e != cudaSuccess) {
-            free(host);
-            set_err("mb_adamw_runs: %s", cudaGetErrorString(e));
-            return 1;
-        }
-        g_pieces_n = count + count / 4 + 16;
+    if (grow((void **)&g_pieces, &g_pieces_bytes, count * sizeof(AdamWPiece))) {
+        free(host);
+        return 1;
     }
     // From pageable memory the copy has taken the values when it returns;
     // it is ordered after earlier launches that read the table.

@@ -186,10 +186,13 @@ static size_t carve_size(int64_t count) {
 // ---------------------------------------------------------------------------
 // Device helpers (the CPU's mathf.go).
 
+// sigmoid_ takes one exponential, of -|x| (it cannot overflow), and one
+// correctly rounded reciprocal: 1/(1+e) for x >= 0, e·(1/(1+e)) below
+// (within an ulp of e/(1+e), and half the instructions of a division).
 __device__ __forceinline__ float sigmoid_(float x) {
-    if (x >= 0.f) return 1.f / (1.f + expf(-x));
-    float e = expf(x);
-    return e / (1.f + e);
+    float e = expf(-fabsf(x));
+    float r = __frcp_rn(1.f + e);
+    return x >= 0.f ? r : e * r;
 }
 __device__ __forceinline__ float silu_(float x) { return x * sigmoid_(x); }
 __device__ __forceinline__ float silu_grad_(float x) {
@@ -288,6 +291,7 @@ static unsigned grid_for(int64_t n) {
 // partials in order and hands the total to the functor's store.
 
 static const int kMaxChunks = 256;
+static const int kColsumBatch = 8;
 
 template <class F>
 __global__ void k_colsum_partial(F f, float *part, int64_t rows, int64_t C, int64_t rch) {
@@ -313,8 +317,19 @@ __global__ void k_colsum_final(F f, const float *part, int64_t chunks, int Q, in
     GRID_LOOP(i, (int64_t)Q * C) {
         int q = (int)(i / C);
         int64_t c = i - (int64_t)q * C;
+        // The partials are loaded kColsumBatch at a time and added in
+        // chunk order (one load in flight per thread left this kernel
+        // waiting on memory).
+        const float *p = part + (int64_t)q * C + c;
+        int64_t stride = (int64_t)Q * C;
         float s = 0.f;
-        for (int64_t ch = 0; ch < chunks; ch++) s += part[(ch * Q + q) * C + c];
+        for (int64_t ch = 0; ch < chunks; ch += kColsumBatch) {
+            float v[kColsumBatch];
+#pragma unroll
+            for (int j = 0; j < kColsumBatch; j++) v[j] = ch + j < chunks ? p[(ch + j) * stride] : 0.f;
+#pragma unroll
+            for (int j = 0; j < kColsumBatch; j++) s += v[j];
+        }
         f.store(c, q, s);
     }
 }
@@ -998,16 +1013,28 @@ __device__ __forceinline__ float conv_in(const float *xi, int64_t ldx, const flo
     return 0.f;
 }
 
+// conv_pre is the pre-activation at (b, t, e): stored in pre (B,T,E), or
+// when pre is NULL recomputed from the inputs (the backward's choice: K
+// more reads of values it reads anyway, instead of B·T·E stored values).
+__device__ __forceinline__ float conv_pre(const float *pre, const float *xi, int64_t ldx,
+                                          const float *prev, const float *w, const float *bias,
+                                          int64_t b, int64_t T, int64_t E, int64_t K, int64_t t,
+                                          int64_t e) {
+    if (pre) return pre[(b * T + t) * E + e];
+    float acc = bias ? bias[e] : 0.f;
+    for (int64_t k = 0; k < K; k++) {
+        int64_t tau = t - K + 1 + k;
+        if (tau >= 0 || prev) acc += w[e * K + k] * conv_in(xi, ldx, prev, b, T, E, K, tau, e);
+    }
+    return acc;
+}
+
 __global__ void k_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
                            const float *w, const float *bias, int64_t B, int64_t T, int64_t E,
                            int64_t K) {
     GRID_LOOP(i, B * T * E) {
         int64_t e = i % E, bt = i / E, t = bt % T, b = bt / T;
-        float acc = bias ? bias[e] : 0.f;
-        for (int64_t k = 0; k < K; k++) {
-            int64_t tau = t - K + 1 + k;
-            if (tau >= 0 || prev) acc += w[e * K + k] * conv_in(xi, ldx, prev, b, T, E, K, tau, e);
-        }
+        float acc = conv_pre(nullptr, xi, ldx, prev, w, bias, b, T, E, K, t, e);
         if (pre) pre[i] = acc;
         u[i] = silu_(acc);
     }
@@ -1015,15 +1042,16 @@ __global__ void k_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
 
 // dxi[t] = Σ_k dpre[t+K-1-k]·w[k], dpre = du·silu'(pre).
 __global__ void k_conv_bwd_dx(float *dxi, int64_t ldx, const float *du, const float *pre,
-                              const float *w, int64_t B, int64_t T, int64_t E, int64_t K) {
+                              const float *xi, const float *prev, const float *w,
+                              const float *bias, int64_t B, int64_t T, int64_t E, int64_t K) {
     GRID_LOOP(i, B * T * E) {
         int64_t e = i % E, bt = i / E, t = bt % T, b = bt / T;
         float acc = 0.f;
         for (int64_t k = 0; k < K; k++) {
             int64_t s = t + K - 1 - k;
             if (s < T) {
-                int64_t j = (b * T + s) * E + e;
-                acc += du[j] * silu_grad_(pre[j]) * w[e * K + k];
+                float p = conv_pre(pre, xi, ldx, prev, w, bias, b, T, E, K, s, e);
+                acc += du[(b * T + s) * E + e] * silu_grad_(p) * w[e * K + k];
             }
         }
         dxi[(b * T + t) * ldx + e] = acc;
@@ -1033,112 +1061,197 @@ __global__ void k_conv_bwd_dx(float *dxi, int64_t ldx, const float *du, const fl
 // Windowed conv kernels for K <= kConvWinMax: one thread walks a chunk of
 // kConvChunk steps of one channel, keeping the last K inputs (and, going
 // backwards, the last K gradients) in registers, so every value is read
-// once; consecutive threads take consecutive channels.
+// once; consecutive threads take consecutive channels. The kernels are
+// bound by memory: a thread loads kConvBatch steps' values at a time, the
+// next batch before the arithmetic on the current one (with one load per
+// thread in flight they had reached under half of the memory bandwidth).
 static const int kConvChunk = 64;
+static const int kConvBatch = 8;
 static const int kConvWinMax = 8;
+
+// conv_batch sets v[j] = p[j·ld] for j < min(n, kConvBatch) and the rest
+// of the kConvBatch values to zero (all of them when p is NULL).
+__device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld, int64_t n) {
+#pragma unroll
+    for (int j = 0; j < kConvBatch; j++) v[j] = p && j < n ? p[j * ld] : 0.f;
+}
 
 template <int K>
 __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ldx,
                                const float *prev, const float *w, const float *bias, int64_t B,
-                               int64_t T, int64_t E, int64_t nc) {
-    GRID_LOOP(i, B * nc * E) {
-        int64_t e = i % E, c = (i / E) % nc, b = i / (E * nc);
-        int64_t t0 = c * kConvChunk, t1 = min(T, t0 + kConvChunk);
-        float wk[K], xw[K];
+                               int64_t T, int64_t E, int64_t L, int64_t nc) {
+    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    float wk[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) wk[k] = w[e * K + k];
+    float bs = bias ? bias[e] : 0.f;
+    for (int64_t cc = blockIdx.y; cc < B * nc; cc += gridDim.y) {
+        int64_t b = cc / nc, c = cc - b * nc;
+        int64_t t0 = c * L, t1 = min(T, t0 + L);
+        float xw[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
-            wk[k] = w[e * K + k];
             // xw[k] holds the input at t-K+1+k; before the loop t = t0-1.
             xw[k] = k == 0 ? 0.f : conv_in(xi, ldx, prev, b, T, E, K, t0 - K + k, e);
         }
-        float bs = bias ? bias[e] : 0.f;
-        for (int64_t t = t0; t < t1; t++) {
+        const float *xp = xi + (b * T + t0) * ldx + e;
+        float *up = u + (b * T + t0) * E + e;
+        float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
+        float xv[kConvBatch];
+        conv_batch(xv, xp, ldx, min((int64_t)kConvBatch, t1 - t0));
+        for (int64_t t = t0; t < t1; t += kConvBatch) {
+            int n = (int)min((int64_t)kConvBatch, t1 - t);
+            // The next batch's loads go out before this batch's arithmetic.
+            float nx[kConvBatch];
+            conv_batch(nx, xp + kConvBatch * ldx, ldx, t1 - t - kConvBatch);
 #pragma unroll
-            for (int k = 0; k + 1 < K; k++) xw[k] = xw[k + 1];
-            int64_t j = (b * T + t);
-            xw[K - 1] = xi[j * ldx + e];
-            float acc = bs;
+            for (int j = 0; j < kConvBatch; j++) {
+                if (j >= n) break;
 #pragma unroll
-            for (int k = 0; k < K; k++) acc += wk[k] * xw[k];
-            if (pre) pre[j * E + e] = acc;
-            u[j * E + e] = silu_(acc);
+                for (int k = 0; k + 1 < K; k++) xw[k] = xw[k + 1];
+                xw[K - 1] = xv[j];
+                float acc = bs;
+#pragma unroll
+                for (int k = 0; k < K; k++) acc += wk[k] * xw[k];
+                if (pp) pp[j * E] = acc;
+                up[j * E] = silu_(acc);
+            }
+#pragma unroll
+            for (int j = 0; j < kConvBatch; j++) xv[j] = nx[j];
+            xp += kConvBatch * ldx;
+            up += kConvBatch * E;
+            if (pp) pp += kConvBatch * E;
         }
     }
 }
 
-// Writes dxi for the chunk and the chunk's sums Σ dpre·input (dw) and
-// Σ dpre (dbias) to part (B·nc, K+1, E).
+// Writes dxi for the thread's chunks and their sums Σ dpre·input (dw) and
+// Σ dpre (dbias) to part (gridDim.y, K+1, E). pre NULL: recomputed from xi,
+// w and bias (the window of inputs is at hand).
 template <int K>
 __global__ void k_conv_bwd_win(float *dxi, int64_t ldx, float *part, const float *du,
                                const float *pre, const float *xi, const float *prev, const float *w,
-                               int64_t B, int64_t T, int64_t E, int64_t nc) {
-    GRID_LOOP(i, B * nc * E) {
-        int64_t e = i % E, c = (i / E) % nc, b = i / (E * nc);
-        int64_t t0 = c * kConvChunk, t1 = min(T, t0 + kConvChunk);
-        float wk[K], xw[K], gw[K], dw[K];
+                               const float *bias, int64_t B, int64_t T, int64_t E, int64_t L,
+                               int64_t nc) {
+    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    float wk[K], dw[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        wk[k] = w[e * K + k];
+        dw[k] = 0.f;
+    }
+    float bs = bias ? bias[e] : 0.f;
+    float db = 0.f;
+    for (int64_t cc = blockIdx.y; cc < B * nc; cc += gridDim.y) {
+        int64_t b = cc / nc, c = cc - b * nc;
+        int64_t t0 = c * L, t1 = min(T, t0 + L);
+        float xw[K], gw[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
-            wk[k] = w[e * K + k];
             xw[k] = k == 0 ? 0.f : conv_in(xi, ldx, prev, b, T, E, K, t0 - K + k, e);
             gw[k] = 0.f;
-            dw[k] = 0.f;
         }
-        float db = 0.f;
-        // Step s brings in dpre_s; dxi[s-K+1] = Σ_k dpre[s-k]·w[k] is then known.
-        for (int64_t s = t0; s < t1 + K - 1; s++) {
-            int64_t j = b * T + s;
-            float gs = s < T ? du[j * E + e] * silu_grad_(pre[j * E + e]) : 0.f;
+        // Step s brings in dpre_s; dxi[s-K+1] = Σ_k dpre[s-k]·w[k] is then
+        // known. Steps s >= T bring in zeros.
+        int64_t send = min(T, t1 + K - 1);
+        const float *xp = xi + (b * T + t0) * ldx + e;
+        const float *gp = du + (b * T + t0) * E + e;
+        const float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
+        float *dp = dxi + (b * T + t0 - (K - 1)) * ldx + e;  // dxi at t = s-K+1
+        float xv[kConvBatch], gv[kConvBatch], pv[kConvBatch];
+        conv_batch(xv, xp, ldx, send - t0);
+        conv_batch(gv, gp, E, send - t0);
+        conv_batch(pv, pp, E, send - t0);
+        for (int64_t s = t0; s < t1 + K - 1; s += kConvBatch) {
+            int n = (int)max((int64_t)0, min((int64_t)kConvBatch, send - s));
+            // The next batch's loads go out before this batch's arithmetic.
+            float nx[kConvBatch], ng[kConvBatch], np[kConvBatch];
+            int64_t left = send - s - kConvBatch;
+            conv_batch(nx, xp + kConvBatch * ldx, ldx, left);
+            conv_batch(ng, gp + kConvBatch * E, E, left);
+            conv_batch(np, pp ? pp + kConvBatch * E : nullptr, E, left);
 #pragma unroll
-            for (int k = 0; k + 1 < K; k++) gw[k] = gw[k + 1];
-            gw[K - 1] = gs;
-            if (s < t1) {
+            for (int j = 0; j < kConvBatch; j++) {
+                int64_t sj = s + j;
+                if (sj >= t1 + K - 1) break;
 #pragma unroll
                 for (int k = 0; k + 1 < K; k++) xw[k] = xw[k + 1];
-                xw[K - 1] = xi[j * ldx + e];
+                xw[K - 1] = xv[j];
+                float p = pv[j];
+                if (!pp) {
+                    p = bs;
 #pragma unroll
-                for (int k = 0; k < K; k++) dw[k] += gs * xw[k];
-                db += gs;
-            }
-            int64_t t = s - K + 1;
-            if (t >= t0) {
-                float acc = 0.f;
+                    for (int k = 0; k < K; k++) p += wk[k] * xw[k];
+                }
+                float gs = j < n ? gv[j] * silu_grad_(p) : 0.f;
 #pragma unroll
-                for (int k = 0; k < K; k++) acc += gw[K - 1 - k] * wk[k];
-                dxi[(b * T + t) * ldx + e] = acc;
+                for (int k = 0; k + 1 < K; k++) gw[k] = gw[k + 1];
+                gw[K - 1] = gs;
+                if (sj < t1) {
+#pragma unroll
+                    for (int k = 0; k < K; k++) dw[k] += gs * xw[k];
+                    db += gs;
+                }
+                if (sj - (K - 1) >= t0) {
+                    float acc = 0.f;
+#pragma unroll
+                    for (int k = 0; k < K; k++) acc += gw[K - 1 - k] * wk[k];
+                    dp[j * ldx] = acc;
+                }
             }
+#pragma unroll
+            for (int j = 0; j < kConvBatch; j++) xv[j] = nx[j], gv[j] = ng[j], pv[j] = np[j];
+            xp += kConvBatch * ldx;
+            gp += kConvBatch * E;
+            if (pp) pp += kConvBatch * E;
+            dp += kConvBatch * ldx;
         }
-        float *p = part + (b * nc + c) * (K + 1) * E + e;
-#pragma unroll
-        for (int k = 0; k < K; k++) p[k * E] = dw[k];
-        p[K * E] = db;
     }
+    float *q = part + (int64_t)blockIdx.y * (K + 1) * E + e;
+#pragma unroll
+    for (int k = 0; k < K; k++) q[k * E] = dw[k];
+    q[K * E] = db;
 }
 
-#define CONV_WIN_LAUNCH(K, kern, n, ...)                                                  \
+#define CONV_WIN_LAUNCH(K, kern, grid, ...)                                               \
     do {                                                                                  \
         switch (K) {                                                                      \
-        case 1: kern<1><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 2: kern<2><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 3: kern<3><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 4: kern<4><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 5: kern<5><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 6: kern<6><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        case 7: kern<7><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;      \
-        default: kern<8><<<grid_for(n), kThreads, 0, g_stream>>>(__VA_ARGS__); break;     \
+        case 1: kern<1><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 2: kern<2><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 3: kern<3><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 4: kern<4><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 5: kern<5><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 6: kern<6><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        case 7: kern<7><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;             \
+        default: kern<8><<<grid, kThreads, 0, g_stream>>>(__VA_ARGS__); break;            \
         }                                                                                 \
         LAUNCHED();                                                                       \
     } while (0)
+
+// conv_geometry gives the windowed kernels' chunks per sequence (nc) and
+// grid: x over blocks of channels, y over chunks (thread (e, g) walks
+// chunks g, g+G, ... of the B·nc, G = gridDim.y; one each up to 65535).
+// Shorter chunks (16, 32) and fewer threads walking several chunks each
+// measured no faster.
+static dim3 conv_geometry(int64_t B, int64_t T, int64_t E, int64_t *nc) {
+    *nc = (T + kConvChunk - 1) / kConvChunk;
+    int64_t G = B * *nc;
+    if (G > 65535) G = 65535;
+    return dim3((unsigned)((E + kThreads - 1) / kThreads), (unsigned)G);
+}
 
 // Column sums for the conv: q < K is Σ dpre·input[t-K+1+q] (dw[e,q]), q = K
 // is Σ dpre (dbias).
 struct ConvCols {
     float *dw, *dbias;
-    const float *du, *pre, *xi, *prev;
+    const float *du, *pre, *xi, *prev, *w, *bias;
     int64_t ldx, T, E, K;
     __device__ float operator()(int64_t r, int64_t e, int q) const {
-        float g = du[r * E + e] * silu_grad_(pre[r * E + e]);
-        if (q == K) return g;
         int64_t b = r / T, t = r - b * T;
+        float g = du[r * E + e] * silu_grad_(conv_pre(pre, xi, ldx, prev, w, bias, b, T, E, K, t, e));
+        if (q == K) return g;
         return g * conv_in(xi, ldx, prev, b, T, E, K, t - K + 1 + q, e);
     }
     __device__ void store(int64_t e, int q, float s) const {
@@ -1173,8 +1286,9 @@ extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
     ENTER();
     if (B * T * E <= 0) return 0;
     if (K >= 1 && K <= kConvWinMax) {
-        int64_t nc = (T + kConvChunk - 1) / kConvChunk;
-        CONV_WIN_LAUNCH(K, k_conv_fwd_win, B * nc * E, u, pre, xi, ldx, prev, w, bias, B, T, E, nc);
+        int64_t nc;
+        dim3 grid = conv_geometry(B, T, E, &nc);
+        CONV_WIN_LAUNCH(K, k_conv_fwd_win, grid, u, pre, xi, ldx, prev, w, bias, B, T, E, kConvChunk, nc);
         return 0;
     }
     k_conv_fwd<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
@@ -1184,23 +1298,23 @@ extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
 
 extern "C" int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
                            const float *pre, const float *xi, const float *prev, const float *w,
-                           int64_t B, int64_t T, int64_t E, int64_t K) {
+                           const float *bias, int64_t B, int64_t T, int64_t E, int64_t K) {
     ENTER();
     if (B * T * E <= 0) return 0;
+    ConvCols f{dw, dbias, du, pre, xi, prev, w, bias, ldx, T, E, K};
     if (K >= 1 && K <= kConvWinMax) {
-        int64_t nc = (T + kConvChunk - 1) / kConvChunk;
+        int64_t nc;
+        dim3 grid = conv_geometry(B, T, E, &nc);
         void *ws;
-        if (workspace((size_t)(B * nc * (K + 1) * E) * sizeof(float), &ws)) return 1;
+        if (workspace((size_t)(grid.y * (K + 1) * E) * sizeof(float), &ws)) return 1;
         float *part = (float *)ws;
-        CONV_WIN_LAUNCH(K, k_conv_bwd_win, B * nc * E, dxi, ldx, part, du, pre, xi, prev, w, B, T, E, nc);
-        ConvCols f{dw, dbias, du, pre, xi, prev, ldx, T, E, K};
-        k_colsum_final<<<grid_for((K + 1) * E), kThreads, 0, g_stream>>>(f, part, B * nc, (int)K + 1, E);
+        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, ldx, part, du, pre, xi, prev, w, bias, B, T, E, kConvChunk, nc);
+        k_colsum_final<<<grid_for((K + 1) * E), kThreads, 0, g_stream>>>(f, part, grid.y, (int)K + 1, E);
         LAUNCHED();
         return 0;
     }
-    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(dxi, ldx, du, pre, w, B, T, E, K);
+    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(dxi, ldx, du, pre, xi, prev, w, bias, B, T, E, K);
     LAUNCHED();
-    ConvCols f{dw, dbias, du, pre, xi, prev, ldx, T, E, K};
     return colsum(f, B * T, E, (int)(dbias ? K + 1 : K));
 }
 

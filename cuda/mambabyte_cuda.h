@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 7
+#define MB_ABI_VERSION 8
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -108,10 +108,12 @@ int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float 
  * pre and bias may be NULL. */
 int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
                 const float *w, const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
-/* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += . */
+/* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += .
+ * pre NULL: the pre-activation is recomputed from xi, prev, w and bias (the
+ * forward's bias, may be NULL), which is then read; otherwise bias is not. */
 int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
                 const float *pre, const float *xi, const float *prev, const float *w,
-                int64_t B, int64_t T, int64_t E, int64_t K);
+                const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
 /* next (B,K-1,E) = last K-1 inputs after xi; prev may be NULL and may alias next. */
 int mb_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
                   int64_t B, int64_t T, int64_t E, int64_t K);

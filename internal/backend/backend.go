@@ -79,6 +79,15 @@ type DtScanner interface {
 	ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
 }
 
+// ConvRecomputer is implemented by backends for which recomputing the
+// conv's pre-activation in the backward costs less than keeping it (B·T·E
+// values per layer, written once and read once): ConvBackwardRecompute
+// computes what ConvBackward computes given the pre that Conv(u, pre, xi,
+// ldx, prev, w, bias, ...) wrote. The model then passes Conv a nil pre.
+type ConvRecomputer interface {
+	ConvBackwardRecompute(dxi Tensor, ldx int, dw, dbias, du, xi, prev, w, bias Tensor, B, T, E, K int)
+}
+
 // Capturer is implemented by backends that can record a sequence of
 // operations once and replay it with one call (CUDA graphs), which removes
 // the cost of issuing each operation. Users check for it with a type

@@ -23,6 +23,9 @@ type Pass struct {
 	// dts is the backend's dt activation inside the scan, or nil (then
 	// Dt writes Δ for Scan).
 	dts backend.DtScanner
+	// crc, when the backend is one, recomputes the conv's pre-activation
+	// in Backward (layerActs.pre stays nil).
+	crc backend.ConvRecomputer
 
 	ids     []int32
 	targets []int32
@@ -52,7 +55,7 @@ type layerActs struct {
 	nrm        backend.Tensor // norm output (BT,D)
 	mean, rstd backend.Tensor // (BT)
 	xz         backend.Tensor // in_proj output (BT,2E): xi then z
-	pre, u     backend.Tensor // conv pre-activation and silu output (BT,E)
+	pre, u     backend.Tensor // conv pre-activation (nil with a ConvRecomputer) and silu output (BT,E)
 	xdbl       backend.Tensor // x_proj output (BT,R+2N): r, Bt, Ct
 	raw, delta backend.Tensor // dt pre-activation (biased) and softplus (BT,E)
 	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
@@ -83,6 +86,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	BT, D, E, N, R, V := B*T, c.DModel, c.DInner(), c.DState, c.Rank(), c.VocabSize
 	p := &Pass{m: m, B: B, T: T, train: train, recompute: recompute}
 	p.dts, _ = m.BE.(backend.DtScanner)
+	p.crc, _ = m.BE.(backend.ConvRecomputer)
 	nl := 1
 	if train && !recompute {
 		nl = c.NLayer
@@ -119,7 +123,9 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 			a.g = be.Alloc(BT * E)
 		}
 		if train {
-			a.pre = be.Alloc(BT * E)
+			if p.crc == nil {
+				a.pre = be.Alloc(BT * E)
+			}
 			a.ckpt = be.Alloc(B * be.ScanCheckpoints(T) * E * N)
 		}
 	}
@@ -385,7 +391,11 @@ func (p *Pass) Backward() error {
 		be.Gemm(true, false, ldbc, E, BT, 1, p.dxdbl, ldbc, a.u, E, 1, gw.xProj, E)
 		be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
 		// 3. conv: writes dxi (first E columns of dxz).
-		be.ConvBackward(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.pre, a.xz, nil, w.convW, B, T, E, K)
+		if p.crc != nil {
+			p.crc.ConvBackwardRecompute(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.xz, nil, w.convW, w.convB, B, T, E, K)
+		} else {
+			be.ConvBackward(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.pre, a.xz, nil, w.convW, B, T, E, K)
+		}
 		// 2. in_proj: dW_in += dxzᵀ·nrm; dn = dxz·W_in.
 		be.Gemm(true, false, 2*E, D, BT, 1, p.dxz, 2*E, a.nrm, D, 1, gw.inProj, D)
 		be.Gemm(false, false, BT, D, 2*E, 1, p.dxz, 2*E, w.inProj, D, 0, p.dn, D)

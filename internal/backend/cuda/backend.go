@@ -331,8 +331,20 @@ func (be *Backend) Conv(u, pre, xi backend.Tensor, ldx int, prev, w, bias backen
 }
 
 func (be *Backend) ConvBackward(dxi backend.Tensor, ldx int, dw, dbias, du, pre, xi, prev, w backend.Tensor, B, T, E, K int) {
-	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), i64(B), i64(T), i64(E), i64(K)))
+	if pre == nil {
+		panic("cuda: conv backward: nil pre-activation (ConvBackwardRecompute recomputes it)")
+	}
+	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), 0, i64(B), i64(T), i64(E), i64(K)))
 	keep(dxi, dw, dbias, du, pre, xi, prev, w)
+}
+
+var _ backend.ConvRecomputer = (*Backend)(nil)
+
+// ConvBackwardRecompute is ConvBackward recomputing the pre-activation from
+// xi, prev, w and bias as it goes (backend.ConvRecomputer).
+func (be *Backend) ConvBackwardRecompute(dxi backend.Tensor, ldx int, dw, dbias, du, xi, prev, w, bias backend.Tensor, B, T, E, K int) {
+	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
+	keep(dxi, dw, dbias, du, xi, prev, w, bias)
 }
 
 func (be *Backend) ConvState(next, prev, xi backend.Tensor, ldx, B, T, E, K int) {

@@ -14,7 +14,7 @@ import (
 const LibName = "libmambabyte_cuda.so"
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 7
+const abiVersion = 8
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -57,7 +57,7 @@ type lib struct {
 	normBwd func(dx, dw, db, dout, x, w, mean, rstd uintptr, rows, D int64, rms int32) int32
 
 	convFwd   func(u, pre, xi uintptr, ldx int64, prev, w, bias uintptr, B, T, E, K int64) int32
-	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w uintptr, B, T, E, K int64) int32
+	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w, bias uintptr, B, T, E, K int64) int32
 	convState func(next, prev, xi uintptr, ldx, B, T, E, K int64) int32
 
 	dtFwd func(delta, raw, bias uintptr, rows, E int64) int32

@@ -192,6 +192,23 @@ func TestConv(t *testing.T) {
 				if dbias != nil {
 					e.check("conv backward dbias "+name, "conv backward", dbias, tolFP32)
 				}
+				// The same with the pre-activation recomputed on the GPU.
+				dxi2, dw2, dbias2 := e.nan(B*T*ldx), e.randn(E*K, 0, 1), dbias
+				if dbias != nil {
+					dbias2 = e.randn(E, 0, 1)
+				}
+				e.run(func(be backend.Backend, s side) {
+					if s == onGPU {
+						be.(backend.ConvRecomputer).ConvBackwardRecompute(dxi2.on(s), ldx, dw2.on(s), dbias2.on(s), du.on(s), xi.on(s), prev.on(s), w.on(s), bias.on(s), B, T, E, K)
+					} else {
+						be.ConvBackward(dxi2.on(s), ldx, dw2.on(s), dbias2.on(s), du.on(s), pre.on(s), xi.on(s), prev.on(s), w.on(s), B, T, E, K)
+					}
+				})
+				e.check("conv backward (recomputed pre) dxi "+name, "conv backward", dxi2, tolFP32)
+				e.check("conv backward (recomputed pre) dw "+name, "conv backward", dw2, tolFP32)
+				if dbias2 != nil {
+					e.check("conv backward (recomputed pre) dbias "+name, "conv backward", dbias2, tolFP32)
+				}
 
 				// The state after xi: into a separate buffer, and in place.
 				next := e.nan(B * (K - 1) * E)

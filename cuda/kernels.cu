@@ -2311,7 +2311,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
 template <int P>
 __global__ void __launch_bounds__(kScanQuadThreads, 4)
     k_scan_bwd_quad(ScanArgs a, int nc, float *du_out, float *ddelta_out, float *part, float *h,
-                    const float *dy, const float *ckpt) {
+                    const float *dy, const float *ckpt, float *cols) {
     extern __shared__ float4 sh4[];
     constexpr int N = 4 * P, Ls = kScanQuadSub;
     constexpr int kept = P == 8 ? 2 : 1;               // finished sums per lane
@@ -2347,6 +2347,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     quad_load(g, h, L.ce, at);
     quad_load(s, ckpt, L.ce, at);
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
+    float sdy = 0.f, sdr = 0.f;  // the chunk's Σ dy·u (dDskip) and Σ draw (dt bias)
     __syncthreads();
     const int rows = L.t1 - L.t0;
     // First pass: from the checkpoint over the chunk, keeping each
@@ -2404,7 +2405,10 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
             if (L.ce && ln == 0) {
                 qu[i * E] = fmaf(d, sgb, gy * dsk);
                 const float dd = fmaf(uu, sgb, sa);
-                qd[i * E] = a.dtraw ? dd * dt_grad(d) : dd;
+                const float dr = a.dtraw ? dd * dt_grad(d) : dd;
+                qd[i * E] = dr;
+                sdy = fmaf(gy, uu, sdy);
+                sdr += dr;
             }
             quad_exchange<P>(v, lane);
             if (writer) {
@@ -2428,6 +2432,11 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     if (L.ce) {
 #pragma unroll
         for (int j = 0; j < 4; j++) h[at + j] = dA[j];
+        if (ln == 0) {
+            float *pc = cols + (L.b * nc + L.c) * 2 * E + L.e;
+            pc[0] = sdy;
+            pc[E] = sdr;
+        }
     }
 }
 
@@ -2455,6 +2464,19 @@ __global__ void k_scan_dalog(float *dAlog, const float *part, const float *A, in
         dAlog[i] += s * A[i];
     }
 }
+
+// The four-state backward's column sums, from its chunk partials (B·nc,
+// 2, E): q 0 into dDskip, q 1 into the dt bias (when the scan took the dt
+// pre-activation and dbias is not NULL).
+struct ScanCols {
+    float *dDskip, *dbias;
+    __device__ void store(int64_t c, int q, float s) const {
+        if (q == 0)
+            dDskip[c] += s;
+        else if (dbias)
+            dbias[c] += s;
+    }
+};
 
 // dDskip[e] += Σ_rows dy·u.
 struct DskipCols {
@@ -2649,12 +2671,13 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     // the channel groups' dBt, dCt partials (groups, B·T, 2N).
     void *wsv;
     size_t need = carve_size<float>(B * nc * E * N) + carve_size<float>(B * nc * E) +
-                  carve_size<float>((int64_t)groups * B * T * 2 * N);
+                  carve_size<float>((int64_t)groups * B * T * 2 * N) + carve_size<float>(B * nc * 2 * E);
     if (workspace(need, &wsv)) return 1;
     char *cur = (char *)wsv;
     float *h = carve<float>(&cur, B * nc * E * N);
     float *dsum = carve<float>(&cur, B * nc * E);
     float *part = carve<float>(&cur, (int64_t)groups * B * T * 2 * N);
+    float *cols = carve<float>(&cur, B * nc * 2 * E);
 
     ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P, dims->dt_bias, dims->dt_raw != 0};
     if (nc > 1 && qP) {
@@ -2677,7 +2700,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
                                  (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4 +
                                      (size_t)2 * (kScanQuadThreads / 32) * kScanQuadSub * 2 * N);
         a.P = qP;
-        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
+        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt, cols);
     } else {
         // k_scan_bwd_chunk also holds the recomputed states and the block's
         // dBt, dCt sums.
@@ -2688,6 +2711,13 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     LAUNCHED();
     k_scan_dalog<<<grid_for(E * N), kThreads, 0, g_stream>>>(dAlog, h, A, B * nc, E * N);
     LAUNCHED();
+    if (qP) {
+        // dDskip and the dt bias from the chunk sums the kernel left.
+        ScanCols f{dDskip, dims->dt_raw ? dims->dbias : nullptr};
+        k_colsum_final<<<grid_for(2 * E), kThreads, 0, g_stream>>>(f, cols, B * nc, 2, E);
+        LAUNCHED();
+        return 0;
+    }
     // The workspace now belongs to colsum; h and part were consumed above
     // (same stream), so reusing it is safe.
     DskipCols f{dDskip, dy, u, E};

@@ -225,6 +225,23 @@ __device__ __forceinline__ void store_v(float *p, const float (&v)[V]) {
     }
 }
 
+// A bf16 store of V values (V even: as pairs, 4-byte aligned).
+template <int V>
+__device__ __forceinline__ void store_v(__nv_bfloat16 *p, const float (&v)[V]) {
+    if constexpr (V % 2 == 0) {
+#pragma unroll
+        for (int k = 0; k < V; k += 2) *(__nv_bfloat162 *)(p + k) = __floats2bfloat162_rn(v[k], v[k + 1]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) p[k] = __float2bfloat16_rn(v[k]);
+    }
+}
+
+// put stores a float32 value as the destination's type (the kernels that
+// may write GEMM operands in bf16: norm, gate, gate and conv backward).
+__device__ __forceinline__ void put(float *p, float v) { *p = v; }
+__device__ __forceinline__ void put(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
 template <class T>
 __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -690,6 +707,8 @@ static bool gemm_bf16_ok() {
     return ok;
 }
 
+extern "C" int64_t mb_gemm_operand_min(void) { return gemm_bf16_ok() ? kGemmBf16Min : 0; }
+
 // k_pack_bf16 writes src (rows, cols; row stride ld) as packed bf16 rows;
 // vec: cols and ld are multiples of 4 and src is 16-byte aligned.
 template <bool vec>
@@ -737,12 +756,52 @@ static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_
         k_pack_bf16<false><<<grid_for(rows * cols), kThreads, 0, g_stream>>>(dst, src, rows, cols, ld);
 }
 
+// gemm_bf16_operands is mb_gemm where A or B (or both) is stored in bf16,
+// written so by the kernel that made it (a GEMM operand tensor): the other
+// operand, if float32, gets a bf16 copy, whatever the sizes.
+static int gemm_bf16_operands(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                              const void *a, bool a16in, int64_t lda, const void *b, bool b16in,
+                              int64_t ldb, float beta, float *c, int64_t ldc) {
+    int64_t ar = transA ? k : m, ac = transA ? m : k, br = transB ? n : k, bc = transB ? k : n;
+    size_t need = (a16in ? 0 : carve_size<__nv_bfloat16>(ar * ac)) + (b16in ? 0 : carve_size<__nv_bfloat16>(br * bc));
+    char *cur = nullptr;
+    if (need) {
+        void *wsv;
+        if (workspace(need, &wsv)) return 1;
+        cur = (char *)wsv;
+    }
+    const __nv_bfloat16 *a16 = (const __nv_bfloat16 *)a, *b16 = (const __nv_bfloat16 *)b;
+    if (!a16in) {
+        __nv_bfloat16 *p = carve<__nv_bfloat16>(&cur, ar * ac);
+        pack_bf16(p, (const float *)a, ar, ac, lda);
+        LAUNCHED();
+        a16 = p, lda = ac;
+    }
+    if (!b16in) {
+        __nv_bfloat16 *p = carve<__nv_bfloat16>(&cur, br * bc);
+        pack_bf16(p, (const float *)b, br, bc, ldb);
+        LAUNCHED();
+        b16 = p, ldb = bc;
+    }
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF, (int)ldb,
+                     a16, CUDA_R_16BF, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    SYNC_DEBUG();
+    return 0;
+}
+
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
-                       const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                       const void *av, int64_t lda, const void *bv, int64_t ldb, float beta,
                        float *c, int64_t ldc, int mode) {
     ENTER_GEMM();
     const bool keep = g_packA_ok;  // this call's A may reuse the last copy
     g_packA_ok = false;            // unless re-established below
+    // Mode bits: 1 bf16 GEMMs, 2 A is stored in bf16, 4 B is.
+    const bool a_in16 = mode & MB_GEMM_A16, b_in16 = mode & MB_GEMM_B16;
+    mode &= MB_GEMM_BF16;
+    const float *a = (const float *)av, *b = (const float *)bv;
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0 || alpha == 0.f) {
         if (beta == 1.f) return 0;
@@ -756,6 +815,7 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                 (long long)k);
         return 1;
     }
+    if (a_in16 || b_in16) return gemm_bf16_operands(transA, transB, m, n, k, alpha, av, a_in16, lda, bv, b_in16, ldb, beta, c, ldc);
     if (!transA && transB && m <= kGemvMaxM)
         return gemv_nt(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
     // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: a
@@ -878,19 +938,20 @@ __device__ __forceinline__ void warp_norm_stats(const float *x, int64_t D, float
     *rs_out = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
 }
 
-__global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
+template <typename O>
+__global__ void k_norm_fwd(O *out, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int64_t rows, int64_t D, float eps, int rms) {
     int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;  // the whole warp leaves together
     const float *xr = x + r * D;
-    float *orow = out + r * D;
+    O *orow = out + r * D;
     float mu, rs;
     warp_norm_stats(xr, D, eps, rms, lane, &mu, &rs);
     if (rms) {
-        for (int64_t i = lane; i < D; i += 32) orow[i] = xr[i] * rs * w[i];
+        for (int64_t i = lane; i < D; i += 32) put(orow + i, xr[i] * rs * w[i]);
     } else {
-        for (int64_t i = lane; i < D; i += 32) orow[i] = (xr[i] - mu) * rs * w[i] + b[i];
+        for (int64_t i = lane; i < D; i += 32) put(orow + i, (xr[i] - mu) * rs * w[i] + b[i]);
     }
     if (lane == 0) {
         if (mean) mean[r] = mu;
@@ -900,12 +961,13 @@ __global__ void k_norm_fwd(float *out, float *mean, float *rstd, const float *x,
 
 // The same with one block per row, for few rows (decode): a warp per row
 // would leave most of the GPU idle and walk the row in D/32 dependent steps.
-__global__ void k_norm_fwd_rowblock(float *out, float *mean, float *rstd, const float *x,
+template <typename O>
+__global__ void k_norm_fwd_rowblock(O *out, float *mean, float *rstd, const float *x,
                                     const float *w, const float *b, int64_t D, float eps,
                                     int rms) {
     int64_t r = blockIdx.x;
     const float *xr = x + r * D;
-    float *orow = out + r * D;
+    O *orow = out + r * D;
     float mu = 0.f;
     if (!rms) {
         float s = 0.f;
@@ -920,9 +982,9 @@ __global__ void k_norm_fwd_rowblock(float *out, float *mean, float *rstd, const 
     ss = block_sum(ss);
     float rs = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
     if (rms) {
-        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) orow[i] = xr[i] * rs * w[i];
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) put(orow + i, xr[i] * rs * w[i]);
     } else {
-        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) orow[i] = (xr[i] - mu) * rs * w[i] + b[i];
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) put(orow + i, (xr[i] - mu) * rs * w[i] + b[i]);
     }
     if (threadIdx.x == 0) {
         if (mean) mean[r] = mu;
@@ -975,17 +1037,23 @@ struct NormCols {
     }
 };
 
-extern "C" int mb_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
-                           const float *b, int64_t rows, int64_t D, float eps, int rms) {
+template <typename O>
+static void norm_fwd(O *out, float *mean, float *rstd, const float *x, const float *w,
+                     const float *b, int64_t rows, int64_t D, float eps, int rms) {
+    if (rows <= 512)
+        k_norm_fwd_rowblock<<<(unsigned)rows, 256, 0, g_stream>>>(out, mean, rstd, x, w, b, D, eps, rms);
+    else
+        k_norm_fwd<<<(unsigned)((rows + 7) / 8), 256, 0, g_stream>>>(out, mean, rstd, x, w, b, rows, D, eps, rms);
+}
+
+extern "C" int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int64_t rows, int64_t D, float eps, int rms, int out16) {
     ENTER();
     if (rows <= 0 || D <= 0) return 0;
-    if (rows <= 512) {
-        k_norm_fwd_rowblock<<<(unsigned)rows, 256, 0, g_stream>>>(out, mean, rstd, x, w, b, D, eps, rms);
-        LAUNCHED();
-        return 0;
-    }
-    unsigned blocks = (unsigned)((rows + 7) / 8);
-    k_norm_fwd<<<blocks, 256, 0, g_stream>>>(out, mean, rstd, x, w, b, rows, D, eps, rms);
+    if (out16)
+        norm_fwd((__nv_bfloat16 *)out, mean, rstd, x, w, b, rows, D, eps, rms);
+    else
+        norm_fwd((float *)out, mean, rstd, x, w, b, rows, D, eps, rms);
     LAUNCHED();
     return 0;
 }
@@ -1040,8 +1108,17 @@ __global__ void k_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
     }
 }
 
+// put_at stores v at element i of dst, bf16 when o16 (a GEMM operand),
+// else float32.
+__device__ __forceinline__ void put_at(void *dst, int o16, int64_t i, float v) {
+    if (o16)
+        put((__nv_bfloat16 *)dst + i, v);
+    else
+        put((float *)dst + i, v);
+}
+
 // dxi[t] = Σ_k dpre[t+K-1-k]·w[k], dpre = du·silu'(pre).
-__global__ void k_conv_bwd_dx(float *dxi, int64_t ldx, const float *du, const float *pre,
+__global__ void k_conv_bwd_dx(void *dxi, int dxi16, int64_t ldx, const float *du, const float *pre,
                               const float *xi, const float *prev, const float *w,
                               const float *bias, int64_t B, int64_t T, int64_t E, int64_t K) {
     GRID_LOOP(i, B * T * E) {
@@ -1054,7 +1131,7 @@ __global__ void k_conv_bwd_dx(float *dxi, int64_t ldx, const float *du, const fl
                 acc += du[(b * T + s) * E + e] * silu_grad_(p) * w[e * K + k];
             }
         }
-        dxi[(b * T + t) * ldx + e] = acc;
+        put_at(dxi, dxi16, (b * T + t) * ldx + e, acc);
     }
 }
 
@@ -1130,7 +1207,7 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
 // Σ dpre (dbias) to part (gridDim.y, K+1, E). pre NULL: recomputed from xi,
 // w and bias (the window of inputs is at hand).
 template <int K>
-__global__ void k_conv_bwd_win(float *dxi, int64_t ldx, float *part, const float *du,
+__global__ void k_conv_bwd_win(void *dxi, int dxi16, int64_t ldx, float *part, const float *du,
                                const float *pre, const float *xi, const float *prev, const float *w,
                                const float *bias, int64_t B, int64_t T, int64_t E, int64_t L,
                                int64_t nc) {
@@ -1159,7 +1236,7 @@ __global__ void k_conv_bwd_win(float *dxi, int64_t ldx, float *part, const float
         const float *xp = xi + (b * T + t0) * ldx + e;
         const float *gp = du + (b * T + t0) * E + e;
         const float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
-        float *dp = dxi + (b * T + t0 - (K - 1)) * ldx + e;  // dxi at t = s-K+1
+        int64_t dp = (b * T + t0 - (K - 1)) * ldx + e;  // dxi at t = s-K+1
         float xv[kConvBatch], gv[kConvBatch], pv[kConvBatch];
         conv_batch(xv, xp, ldx, send - t0);
         conv_batch(gv, gp, E, send - t0);
@@ -1198,7 +1275,7 @@ __global__ void k_conv_bwd_win(float *dxi, int64_t ldx, float *part, const float
                     float acc = 0.f;
 #pragma unroll
                     for (int k = 0; k < K; k++) acc += gw[K - 1 - k] * wk[k];
-                    dp[j * ldx] = acc;
+                    put_at(dxi, dxi16, dp + j * ldx, acc);
                 }
             }
 #pragma unroll
@@ -1296,9 +1373,10 @@ extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
     return 0;
 }
 
-extern "C" int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
+extern "C" int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
                            const float *pre, const float *xi, const float *prev, const float *w,
-                           const float *bias, int64_t B, int64_t T, int64_t E, int64_t K) {
+                           const float *bias, int64_t B, int64_t T, int64_t E, int64_t K,
+                           int dxi16) {
     ENTER();
     if (B * T * E <= 0) return 0;
     ConvCols f{dw, dbias, du, pre, xi, prev, w, bias, ldx, T, E, K};
@@ -1308,12 +1386,12 @@ extern "C" int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, con
         void *ws;
         if (workspace((size_t)(grid.y * (K + 1) * E) * sizeof(float), &ws)) return 1;
         float *part = (float *)ws;
-        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, ldx, part, du, pre, xi, prev, w, bias, B, T, E, kConvChunk, nc);
+        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, dxi16, ldx, part, du, pre, xi, prev, w, bias, B, T, E, kConvChunk, nc);
         k_colsum_final<<<grid_for((K + 1) * E), kThreads, 0, g_stream>>>(f, part, grid.y, (int)K + 1, E);
         LAUNCHED();
         return 0;
     }
-    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(dxi, ldx, du, pre, xi, prev, w, bias, B, T, E, K);
+    k_conv_bwd_dx<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(dxi, dxi16, ldx, du, pre, xi, prev, w, bias, B, T, E, K);
     LAUNCHED();
     return colsum(f, B * T, E, (int)(dbias ? K + 1 : K));
 }
@@ -1385,8 +1463,8 @@ extern "C" int mb_negexp(float *a, const float *alog, int64_t n) {
 // The gate kernels walk (rows, E) as a 2D grid, x over runs of V columns
 // (V = 4: float4 loads and stores) and y over rows, so that no element
 // pays for an index division.
-template <int V>
-__global__ void k_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows,
+template <int V, typename O>
+__global__ void k_gate_fwd(O *out, const float *y, const float *z, int64_t ldz, int64_t rows,
                            int64_t E) {
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
         for (int64_t c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V; c < E;
@@ -1400,8 +1478,8 @@ __global__ void k_gate_fwd(float *out, const float *y, const float *z, int64_t l
         }
 }
 
-template <int V>
-__global__ void k_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
+template <int V, typename DZ>
+__global__ void k_gate_bwd(float *dy, DZ *dz, const float *dout, const float *y, const float *z,
                            int64_t ldz, int64_t rows, int64_t E) {
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
         for (int64_t c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V; c < E;
@@ -1428,27 +1506,46 @@ static dim3 gate_grid(int64_t rows, int64_t E, int V) {
 
 static bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
 
-extern "C" int mb_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows,
-                           int64_t E) {
-    ENTER();
-    if (rows * E <= 0) return 0;
+template <typename O>
+static void gate_fwd(O *out, const float *y, const float *z, int64_t ldz, int64_t rows, int64_t E) {
     if (E % 4 == 0 && ldz % 4 == 0 && aligned16(out) && aligned16(y) && aligned16(z))
         k_gate_fwd<4><<<gate_grid(rows, E, 4), kThreads, 0, g_stream>>>(out, y, z, ldz, rows, E);
     else
         k_gate_fwd<1><<<gate_grid(rows, E, 1), kThreads, 0, g_stream>>>(out, y, z, ldz, rows, E);
+}
+
+// out16: out is bf16 (a GEMM operand).
+extern "C" int mb_gate_fwd(void *out, const float *y, const float *z, int64_t ldz, int64_t rows,
+                           int64_t E, int out16) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    if (out16)
+        gate_fwd((__nv_bfloat16 *)out, y, z, ldz, rows, E);
+    else
+        gate_fwd((float *)out, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
 }
 
-extern "C" int mb_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
-                           int64_t ldz, int64_t rows, int64_t E) {
-    ENTER();
-    if (rows * E <= 0) return 0;
+template <typename DZ>
+static void gate_bwd(float *dy, DZ *dz, const float *dout, const float *y, const float *z,
+                     int64_t ldz, int64_t rows, int64_t E) {
     if (E % 4 == 0 && ldz % 4 == 0 && aligned16(dy) && aligned16(dz) && aligned16(dout) &&
         aligned16(y) && aligned16(z))
         k_gate_bwd<4><<<gate_grid(rows, E, 4), kThreads, 0, g_stream>>>(dy, dz, dout, y, z, ldz, rows, E);
     else
         k_gate_bwd<1><<<gate_grid(rows, E, 1), kThreads, 0, g_stream>>>(dy, dz, dout, y, z, ldz, rows, E);
+}
+
+// dz16: dz is bf16 (a GEMM operand).
+extern "C" int mb_gate_bwd(float *dy, void *dz, const float *dout, const float *y, const float *z,
+                           int64_t ldz, int64_t rows, int64_t E, int dz16) {
+    ENTER();
+    if (rows * E <= 0) return 0;
+    if (dz16)
+        gate_bwd(dy, (__nv_bfloat16 *)dz, dout, y, z, ldz, rows, E);
+    else
+        gate_bwd(dy, (float *)dz, dout, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
 }

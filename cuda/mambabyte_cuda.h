@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 8
+#define MB_ABI_VERSION 9
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -83,9 +83,20 @@ int mb_stage_ids(const int32_t *ids_host, int64_t n);
  * modes. In mode 1 a product with every side at least 512 runs on bf16 copies
  * of its operands, and the copy of A is kept for the next mb_gemm with the
  * same A (pointer, shape, stride) when no other mb_ call ran in between:
- * memory written by other means (NCCL) must not be such an A. */
+ * memory written by other means (NCCL) must not be such an A.
+ * mode may add MB_GEMM_A16 and MB_GEMM_B16: that operand is stored in bf16
+ * (lda, ldb in its elements), as the kernels with an out16-style flag write
+ * GEMM operands; the product then runs on bf16 tensor cores, a float32
+ * other operand on a bf16 copy. */
+/* The smallest side at which bf16-mode GEMMs run on bf16 operands (0: they
+ * never do, MAMBABYTE_CUDA_GEMM_PACK=0): an operand only such GEMMs read
+ * may as well be stored in bf16. */
+int64_t mb_gemm_operand_min(void);
+#define MB_GEMM_BF16 1
+#define MB_GEMM_A16 2
+#define MB_GEMM_B16 4
 int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
-            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+            const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
             float *c, int64_t ldc, int mode);
 
 /* out (n,D) = rows ids[i] of w (V,D). */
@@ -96,9 +107,10 @@ int mb_embed_fwd_staged(float *out, const float *w, int64_t n, int64_t D);
 int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_host, int64_t n, int64_t D);
 
 /* LayerNorm (rms 0) or RMSNorm (rms 1) of x (rows,D); mean, rstd (rows)
- * may be NULL; b unused for RMSNorm. */
-int mb_norm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w,
-                const float *b, int64_t rows, int64_t D, float eps, int rms);
+ * may be NULL; b unused for RMSNorm. out16: out is bf16 (a GEMM operand),
+ * else float32. */
+int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, const float *w,
+                const float *b, int64_t rows, int64_t D, float eps, int rms, int out16);
 /* dx += ..., dw += ..., db += ... (db unused for RMSNorm). */
 int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
                 const float *w, const float *mean, const float *rstd, int64_t rows,
@@ -110,10 +122,11 @@ int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float 
                 const float *w, const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
 /* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += .
  * pre NULL: the pre-activation is recomputed from xi, prev, w and bias (the
- * forward's bias, may be NULL), which is then read; otherwise bias is not. */
-int mb_conv_bwd(float *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
+ * forward's bias, may be NULL), which is then read; otherwise bias is not.
+ * dxi16: dxi is bf16. */
+int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
                 const float *pre, const float *xi, const float *prev, const float *w,
-                const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
+                const float *bias, int64_t B, int64_t T, int64_t E, int64_t K, int dxi16);
 /* next (B,K-1,E) = last K-1 inputs after xi; prev may be NULL and may alias next. */
 int mb_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
                   int64_t B, int64_t T, int64_t E, int64_t K);
@@ -152,11 +165,12 @@ int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,
                 const float *Bt, const float *Ct, const float *A, const float *Dskip,
                 const float *ckpt, const mb_scan_dims *dims);
 
-/* out (rows,E) = y·silu(z), z row stride ldz. */
-int mb_gate_fwd(float *out, const float *y, const float *z, int64_t ldz, int64_t rows, int64_t E);
-/* Writes dy (rows,E) and dz (row stride ldz). */
-int mb_gate_bwd(float *dy, float *dz, const float *dout, const float *y, const float *z,
-                int64_t ldz, int64_t rows, int64_t E);
+/* out (rows,E) = y·silu(z), z row stride ldz; out16 as for mb_norm_fwd. */
+int mb_gate_fwd(void *out, const float *y, const float *z, int64_t ldz, int64_t rows, int64_t E,
+                int out16);
+/* Writes dy (rows,E) and dz (row stride ldz; bf16 when dz16). */
+int mb_gate_bwd(float *dy, void *dz, const float *dout, const float *y, const float *z,
+                int64_t ldz, int64_t rows, int64_t E, int dz16);
 
 /* dst[i] += src[i], i < n. */
 int mb_add(float *dst, const float *src, int64_t n);

@@ -72,9 +72,8 @@ struct Wv<__nv_bfloat16> {
     }
 };
 
-// Operand stores for the cuBLAS path: a float32 value as the weight's type.
-__device__ __forceinline__ void put(float *p, float v) { *p = v; }
-__device__ __forceinline__ void put(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
+// Operand stores for the cuBLAS path (a float32 value as the weight's type)
+// use kernels.cu's put.
 
 // row_dot adds to acc[s] (per lane; the caller sums across the warp) the dot
 // product of weight row w (cols values) with vector s of the tile xs (SB

@@ -88,6 +88,21 @@ type ConvRecomputer interface {
 	ConvBackwardRecompute(dxi Tensor, ldx int, dw, dbias, du, xi, prev, w, bias Tensor, B, T, E, K int)
 }
 
+// OperandAllocator is implemented by backends whose matrix products may
+// read their operands at a lower precision than float32 (bf16):
+// AllocOperand returns a zeroed tensor of n values for an operand of GEMMs
+// whose sides are all at least minSide, stored at the precision such GEMMs
+// read, so the operation that produces it writes it so and Gemm needs no
+// conversion pass of its own. Norm and Gate may write such a tensor as
+// out, GateBackward as dz, ConvBackward (and a ConvRecomputer's
+// ConvBackwardRecompute) as dxi; Gemm takes it as A or B; Zero, Copy
+// between two of them, Upload and Download (converting) work on it; no
+// other operation takes one. The model allocates a training pass's norm
+// outputs, gated outputs and in_proj input gradients so.
+type OperandAllocator interface {
+	AllocOperand(n, minSide int) Tensor
+}
+
 // Capturer is implemented by backends that can record a sequence of
 // operations once and replay it with one call (CUDA graphs), which removes
 // the cost of issuing each operation. Users check for it with a type

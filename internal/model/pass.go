@@ -98,9 +98,17 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		}
 	}
 	p.acts = make([]layerActs, nl)
+	// A training pass keeps GEMM operands that only GEMMs read (the norm
+	// outputs, the gated outputs, the in_proj input gradient) at the
+	// precision the backend's GEMMs read, where it has one of its own.
+	// Every GEMM that reads them has sides BT, D and E (or 2E).
+	operand := be.Alloc
+	if oa, ok := be.(backend.OperandAllocator); ok && train {
+		operand = func(n int) backend.Tensor { return oa.AllocOperand(n, min(BT, D, E)) }
+	}
 	var g backend.Tensor // shared by the layers (layerActs.g)
 	if nl > 1 {
-		g = be.Alloc(BT * E)
+		g = operand(BT * E)
 	}
 	for i := range p.acts {
 		a := &p.acts[i]
@@ -109,7 +117,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		} else {
 			a.hIn = be.Alloc(BT * D)
 		}
-		a.nrm = be.Alloc(BT * D)
+		a.nrm = operand(BT * D)
 		a.mean, a.rstd = be.Alloc(BT), be.Alloc(BT)
 		a.xz = be.Alloc(BT * 2 * E)
 		a.u = be.Alloc(BT * E)
@@ -120,7 +128,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		}
 		a.y = be.Alloc(BT * E)
 		if a.g = g; g == nil {
-			a.g = be.Alloc(BT * E)
+			a.g = operand(BT * E)
 		}
 		if train {
 			if p.crc == nil {
@@ -138,7 +146,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	if train {
 		p.dh, p.dn = be.Alloc(BT*D), be.Alloc(BT*D)
 		p.dg, p.dy = be.Alloc(BT*E), be.Alloc(BT*E)
-		p.dxz = be.Alloc(BT * 2 * E)
+		p.dxz = operand(BT * 2 * E)
 		p.du, p.ddelta = be.Alloc(BT*E), be.Alloc(BT*E)
 		p.dxdbl = be.Alloc(BT * (R + 2*N))
 	}

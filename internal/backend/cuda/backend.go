@@ -38,6 +38,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -173,10 +174,13 @@ type buffer struct {
 }
 
 // Tensor is a run of float32 values in device memory: a view of n values
-// at offset off of an allocation.
+// at offset off of an allocation. A GEMM operand tensor (AllocOperand in
+// bf16 mode) holds bf16 values instead; only the operations that document
+// it take one.
 type Tensor struct {
 	buf    *buffer
 	off, n int
+	half   bool // values are bf16
 }
 
 // Len is the number of values.
@@ -187,7 +191,7 @@ func (t *Tensor) Slice(off, n int) backend.Tensor {
 	if off < 0 || n < 0 || off+n > t.n {
 		panic(fmt.Sprintf("cuda: Slice(%d, %d) of a tensor of %d values", off, n, t.n))
 	}
-	return &Tensor{buf: t.buf, off: t.off + off, n: n}
+	return &Tensor{buf: t.buf, off: t.off + off, n: n, half: t.half}
 }
 
 // Ptr is the device address of the first value (0 for an empty
@@ -196,22 +200,50 @@ func (t *Tensor) Ptr() uintptr {
 	if t == nil || t.buf == nil || t.buf.ptr == 0 {
 		return 0
 	}
-	return t.buf.ptr + uintptr(t.off)*4
+	return t.buf.ptr + uintptr(t.off*t.elemSize())
 }
 
-// ptr returns the device address of a tensor of this backend, 0 for nil.
-func ptr(t backend.Tensor) uintptr {
+// elemSize is the bytes per value.
+func (t *Tensor) elemSize() int {
+	if t.half {
+		return 2
+	}
+	return 4
+}
+
+// cudaTensor returns t as this backend's tensor, nil for nil.
+func cudaTensor(t backend.Tensor) *Tensor {
 	if t == nil {
-		return 0
+		return nil
 	}
 	ct, ok := t.(*Tensor)
 	if !ok {
 		panic(fmt.Sprintf("cuda: a %T is not a CUDA tensor", t))
 	}
+	return ct
+}
+
+// ptr returns the device address of a float32 tensor of this backend, 0
+// for nil; a bf16 operand tensor is refused (the kernel would misread it).
+func ptr(t backend.Tensor) uintptr {
+	ct := cudaTensor(t)
 	if ct == nil {
 		return 0
 	}
+	if ct.half {
+		panic("cuda: a bf16 GEMM operand tensor given to an operation that reads or writes float32")
+	}
 	return ct.Ptr()
+}
+
+// ptrOp returns the device address of a tensor that may be a bf16 GEMM
+// operand, and 1 if it is one.
+func ptrOp(t backend.Tensor) (uintptr, int32) {
+	ct := cudaTensor(t)
+	if ct == nil {
+		return 0, 0
+	}
+	return ct.Ptr(), b32(ct.half)
 }
 
 func length(t backend.Tensor) int {
@@ -256,9 +288,36 @@ func (be *Backend) Alloc(n int) backend.Tensor {
 	return &Tensor{buf: buf, n: n}
 }
 
+var _ backend.OperandAllocator = (*Backend)(nil)
+
+// AllocOperand returns a zeroed tensor of n values for an operand of
+// GEMMs whose sides are all at least minSide (backend.OperandAllocator):
+// where bf16 mode runs such GEMMs on bf16 copies of their operands it
+// stores bf16, the values those copies would hold, which Norm and Gate
+// (out), GateBackward (dz) and ConvBackward (dxi) write, Gemm reads as A or
+// B, and Zero, Copy (between two such tensors), Upload and Download
+// (converting) take; any other operation refuses it. Otherwise it is
+// Alloc.
+func (be *Backend) AllocOperand(n, minSide int) backend.Tensor {
+	if lo := be.l.gemmOperandMin(); be.mode == 0 || lo == 0 || int64(minSide) < lo {
+		return be.Alloc(n)
+	}
+	t := be.Alloc((n + 1) / 2).(*Tensor)
+	t.n, t.half = n, true
+	return t
+}
+
 func (be *Backend) Upload(dst backend.Tensor, src []float32) {
 	n := min(dst.Len(), len(src))
 	if n == 0 {
+		return
+	}
+	if d := cudaTensor(dst); d.half {
+		// Rounded to bf16 on the host; exactly 2n bytes move.
+		h := make([]float32, (n+1)/2)
+		packBF16(h, src[:n])
+		be.l.check("upload", be.l.memcpyH2D(d.Ptr(), h, 2*i64(n)))
+		keep(dst)
 		return
 	}
 	be.l.check("upload", be.l.memcpyH2D(ptr(dst), src[:n], 4*i64(n)))
@@ -270,19 +329,61 @@ func (be *Backend) Download(dst []float32, src backend.Tensor) {
 	if n == 0 {
 		return
 	}
+	if s := cudaTensor(src); s.half {
+		h := make([]float32, (n+1)/2)
+		be.l.check("download", be.l.memcpyD2H(h, s.Ptr(), 2*i64(n)))
+		unpackBF16(dst[:n], h)
+		keep(src)
+		return
+	}
 	be.l.check("download", be.l.memcpyD2H(dst[:n], ptr(src), 4*i64(n)))
 	keep(src)
 }
 
 func (be *Backend) Zero(t backend.Tensor) {
-	be.l.check("zero", be.l.memset(ptr(t), 0, 4*i64(t.Len())))
+	p, _ := ptrOp(t)
+	be.l.check("zero", be.l.memset(p, 0, i64(t.Len()*cudaTensor(t).elemSize())))
 	keep(t)
 }
 
 func (be *Backend) Copy(dst, src backend.Tensor) {
 	n := min(dst.Len(), src.Len())
-	be.l.check("copy", be.l.memcpyD2D(ptr(dst), ptr(src), 4*i64(n)))
+	d, dh := ptrOp(dst)
+	s, sh := ptrOp(src)
+	if dh != sh {
+		panic("cuda: Copy between a bf16 GEMM operand tensor and a float32 one")
+	}
+	be.l.check("copy", be.l.memcpyD2D(d, s, i64(n*cudaTensor(dst).elemSize())))
 	keep(dst, src)
+}
+
+// packBF16 stores src rounded to bf16 (to nearest, ties to even; NaN
+// stays NaN), two values per float32 word of dst, the first in the low half.
+func packBF16(dst, src []float32) {
+	for i := range dst {
+		var w uint32
+		for j := 0; j < 2 && 2*i+j < len(src); j++ {
+			w |= uint32(toBF16(src[2*i+j])) << (16 * j)
+		}
+		dst[i] = math.Float32frombits(w)
+	}
+}
+
+// unpackBF16 widens the bf16 values packed in src (packBF16's layout) into
+// dst.
+func unpackBF16(dst, src []float32) {
+	for i := range dst {
+		w := math.Float32bits(src[i/2]) >> (16 * (i % 2))
+		dst[i] = math.Float32frombits(w << 16)
+	}
+}
+
+func toBF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	if f != f {
+		return uint16(b>>16) | 0x40 // a quiet NaN
+	}
+	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
 }
 
 func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backend.Tensor, lda int, b backend.Tensor, ldb int, beta float32, c backend.Tensor, ldc int) {
@@ -290,7 +391,10 @@ func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backe
 	if be.l.prof != nil {
 		op = gemmName(transA, transB, m, n, k)
 	}
-	be.l.check(op, be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, ptr(a), i64(lda), ptr(b), i64(ldb), beta, ptr(c), i64(ldc), be.mode))
+	pa, ha := ptrOp(a)
+	pb, hb := ptrOp(b)
+	mode := be.mode | ha*gemmA16 | hb*gemmB16
+	be.l.check(op, be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, pa, i64(lda), pb, i64(ldb), beta, ptr(c), i64(ldc), mode))
 	keep(a, b, c)
 }
 
@@ -316,7 +420,8 @@ func (be *Backend) EmbedBackward(dw, dout backend.Tensor, ids []int32, n, D int)
 }
 
 func (be *Backend) Norm(out, mean, rstd, x, w, b backend.Tensor, rows, D int, eps float32, rms bool) {
-	be.l.check("norm", be.l.normFwd(ptr(out), ptr(mean), ptr(rstd), ptr(x), ptr(w), ptr(b), i64(rows), i64(D), eps, b32(rms)))
+	po, ho := ptrOp(out)
+	be.l.check("norm", be.l.normFwd(po, ptr(mean), ptr(rstd), ptr(x), ptr(w), ptr(b), i64(rows), i64(D), eps, b32(rms), ho))
 	keep(out, mean, rstd, x, w, b)
 }
 
@@ -334,7 +439,8 @@ func (be *Backend) ConvBackward(dxi backend.Tensor, ldx int, dw, dbias, du, pre,
 	if pre == nil {
 		panic("cuda: conv backward: nil pre-activation (ConvBackwardRecompute recomputes it)")
 	}
-	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), 0, i64(B), i64(T), i64(E), i64(K)))
+	pd, hd := ptrOp(dxi)
+	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), 0, i64(B), i64(T), i64(E), i64(K), hd))
 	keep(dxi, dw, dbias, du, pre, xi, prev, w)
 }
 
@@ -343,7 +449,8 @@ var _ backend.ConvRecomputer = (*Backend)(nil)
 // ConvBackwardRecompute is ConvBackward recomputing the pre-activation from
 // xi, prev, w and bias as it goes (backend.ConvRecomputer).
 func (be *Backend) ConvBackwardRecompute(dxi backend.Tensor, ldx int, dw, dbias, du, xi, prev, w, bias backend.Tensor, B, T, E, K int) {
-	be.l.check("conv backward", be.l.convBwd(ptr(dxi), i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
+	pd, hd := ptrOp(dxi)
+	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K), hd))
 	keep(dxi, dw, dbias, du, xi, prev, w, bias)
 }
 
@@ -399,12 +506,14 @@ func (be *Backend) ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, 
 }
 
 func (be *Backend) Gate(out, y, z backend.Tensor, ldz, rows, E int) {
-	be.l.check("gate", be.l.gateFwd(ptr(out), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E)))
+	po, ho := ptrOp(out)
+	be.l.check("gate", be.l.gateFwd(po, ptr(y), ptr(z), i64(ldz), i64(rows), i64(E), ho))
 	keep(out, y, z)
 }
 
 func (be *Backend) GateBackward(dy, dz, dout, y, z backend.Tensor, ldz, rows, E int) {
-	be.l.check("gate backward", be.l.gateBwd(ptr(dy), ptr(dz), ptr(dout), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E)))
+	pz, hz := ptrOp(dz)
+	be.l.check("gate backward", be.l.gateBwd(ptr(dy), pz, ptr(dout), ptr(y), ptr(z), i64(ldz), i64(rows), i64(E), hz))
 	keep(dy, dz, dout, y, z)
 }
 

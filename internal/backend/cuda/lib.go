@@ -13,8 +13,14 @@ import (
 // LibName is the file name of the kernel library built by `make -C cuda`.
 const LibName = "libmambabyte_cuda.so"
 
+// mb_gemm mode bits (MB_GEMM_A16, MB_GEMM_B16): that operand is bf16.
+const (
+	gemmA16 = 2
+	gemmB16 = 4
+)
+
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 8
+const abiVersion = 9
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -47,17 +53,18 @@ type lib struct {
 	graphFree   func(exec uintptr) int32
 	stageIDs    func(ids []int32, n int64) int32
 
-	gemm func(transA, transB int32, m, n, k int64, alpha float32, a uintptr, lda int64, b uintptr, ldb int64, beta float32, c uintptr, ldc int64, mode int32) int32
+	gemmOperandMin func() int64
+	gemm           func(transA, transB int32, m, n, k int64, alpha float32, a uintptr, lda int64, b uintptr, ldb int64, beta float32, c uintptr, ldc int64, mode int32) int32
 
 	embedFwd       func(out uintptr, ids []int32, w uintptr, n, D int64) int32
 	embedFwdStaged func(out, w uintptr, n, D int64) int32
 	embedBwd       func(dw, dout uintptr, ids []int32, n, D int64) int32
 
-	normFwd func(out, mean, rstd, x, w, b uintptr, rows, D int64, eps float32, rms int32) int32
+	normFwd func(out, mean, rstd, x, w, b uintptr, rows, D int64, eps float32, rms, out16 int32) int32
 	normBwd func(dx, dw, db, dout, x, w, mean, rstd uintptr, rows, D int64, rms int32) int32
 
 	convFwd   func(u, pre, xi uintptr, ldx int64, prev, w, bias uintptr, B, T, E, K int64) int32
-	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w, bias uintptr, B, T, E, K int64) int32
+	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w, bias uintptr, B, T, E, K int64, dxi16 int32) int32
 	convState func(next, prev, xi uintptr, ldx, B, T, E, K int64) int32
 
 	dtFwd func(delta, raw, bias uintptr, rows, E int64) int32
@@ -67,8 +74,8 @@ type lib struct {
 	scanFwd func(y, u, delta, bt, ct, a, dskip, s0, sT, ckpt uintptr, dims *scanDims) int32
 	scanBwd func(du, ddelta, dbt, dct, dalog, ddskip, dy, u, delta, bt, ct, a, dskip, ckpt uintptr, dims *scanDims) int32
 
-	gateFwd func(out, y, z uintptr, ldz, rows, E int64) int32
-	gateBwd func(dy, dz, dout, y, z uintptr, ldz, rows, E int64) int32
+	gateFwd func(out, y, z uintptr, ldz, rows, E int64, out16 int32) int32
+	gateBwd func(dy, dz, dout, y, z uintptr, ldz, rows, E int64, dz16 int32) int32
 	add     func(dst, src uintptr, n int64) int32
 
 	crossEntropy func(dlogits, nll, logits uintptr, targets []int32, n, V int64, scale float32, sum *float64) int32
@@ -222,6 +229,7 @@ func openLib() (l *lib, err error) {
 	reg(&l.embedFwd, "mb_embed_fwd")
 	reg(&l.embedFwdStaged, "mb_embed_fwd_staged")
 	reg(&l.embedBwd, "mb_embed_bwd")
+	reg(&l.gemmOperandMin, "mb_gemm_operand_min")
 	reg(&l.normFwd, "mb_norm_fwd")
 	reg(&l.normBwd, "mb_norm_bwd")
 	reg(&l.convFwd, "mb_conv_fwd")

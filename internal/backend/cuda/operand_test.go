@@ -1,0 +1,213 @@
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/mambabyte/mambabyte/internal/backend"
+)
+
+// GEMM operand tensors (AllocOperand in bf16 mode) hold bf16 values. The
+// kernels that write them must write the CPU's float32 result rounded to
+// bf16 (so within an ulp of bf16 at the rare values where the two float32
+// results round differently: the fp32 tolerance here), and a GEMM that
+// reads them must compute what the CPU computes on the same rounded values.
+
+// bf16 rounds v to the nearest bf16 value (ties to even), as float32.
+func bf16(v float32) float32 {
+	if v != v {
+		return v
+	}
+	b := math.Float32bits(v)
+	b += 0x7fff + (b>>16)&1
+	return math.Float32frombits(b &^ 0xffff)
+}
+
+func roundAll(v []float32) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = bf16(x)
+	}
+	return out
+}
+
+// operand is a GEMM operand pair: CPU values rounded to bf16, and a GPU
+// operand tensor holding them (NaN-poisoned when v is nil).
+func (e *env) operand(n int, v []float32) *pair {
+	if v == nil {
+		v = make([]float32, n)
+		for i := range v {
+			v[i] = float32(math.NaN())
+		}
+	}
+	g := e.g.AllocOperand(n, 1<<20)
+	e.g.Upload(g, v)
+	return &pair{c: roundAll(v), g: g}
+}
+
+// checkRounded compares a GPU operand tensor with its CPU values rounded
+// to bf16.
+func (e *env) checkRounded(name string, p *pair) {
+	e.t.Helper()
+	want := &pair{c: roundAll(p.c), g: p.g}
+	e.check(name, "operand outputs", want, tolFP32)
+}
+
+func (e *env) values(n int, scale float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(e.r.NormFloat64() * scale)
+	}
+	return v
+}
+
+func TestOperandTransfers(t *testing.T) {
+	g32, g16 := gpus(t)
+	e := newEnv(t, g16, 21)
+	v := e.values(7, 3)
+	v[2] = float32(math.Inf(-1))
+	v[5] = 1 + 1.0/256 // a tie: rounds to even (1)
+	x := g16.AllocOperand(7, 1<<20)
+	g16.Upload(x, v)
+	got := make([]float32, 7)
+	g16.Download(got, x)
+	want := roundAll(v)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("round trip: value %d is %g, want %g (from %g)", i, got[i], want[i], v[i])
+		}
+	}
+	// A view at an odd offset: its upload changes its values only.
+	w := e.values(3, 1)
+	g16.Upload(x.Slice(1, 3), w)
+	g16.Download(got, x)
+	copy(want[1:4], roundAll(w))
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("upload into a view: value %d is %g, want %g", i, got[i], want[i])
+		}
+	}
+	g16.Zero(x.Slice(4, 2))
+	g16.Download(got, x)
+	want[4], want[5] = 0, 0
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("zero a view: value %d is %g, want %g", i, got[i], want[i])
+		}
+	}
+	y := g16.AllocOperand(7, 1<<20)
+	g16.Copy(y, x)
+	g16.Download(got, y)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("copy: value %d is %g, want %g", i, got[i], want[i])
+		}
+	}
+	// Operands of GEMMs that stay on float32 operands, and fp32 mode's,
+	// are float32 tensors; float32 operations refuse bf16 ones.
+	g16.Add(g16.AllocOperand(4, 100), g16.Alloc(4)) // these would panic for a bf16 tensor
+	g32.Add(g32.AllocOperand(4, 1<<20), g32.Alloc(4))
+	mustPanic(t, "Add with a bf16 tensor", func() { g16.Add(x, g16.Alloc(7)) })
+	mustPanic(t, "Copy across types", func() { g16.Copy(g16.Alloc(7), x) })
+}
+
+func mustPanic(t *testing.T, what string, f func()) {
+	t.Helper()
+	defer func() {
+		if recover() == nil {
+			t.Errorf("%s did not panic", what)
+		}
+	}()
+	f()
+}
+
+func TestOperandWriters(t *testing.T) {
+	_, g16 := gpus(t)
+	e := newEnv(t, g16, 22)
+	// Norm: many rows (a warp per row) and few (a block per row).
+	for _, rows := range []int{600, 3} {
+		for _, rms := range []bool{false, true} {
+			const D = 96
+			x, w, b := e.randn(rows*D, 0.5, 2), e.randn(D, 1, 0.3), e.randn(D, 0, 0.3)
+			out, mean, rstd := e.operand(rows*D, nil), e.nan(rows), e.nan(rows)
+			e.run(func(be backend.Backend, s side) {
+				be.Norm(out.on(s), mean.on(s), rstd.on(s), x.on(s), w.on(s), b.on(s), rows, D, 1e-5, rms)
+			})
+			name := fmt.Sprintf("norm rows=%d rms=%v", rows, rms)
+			e.checkRounded(name+" out (bf16)", out)
+			e.check(name+" rstd", "operand outputs", rstd, tolFP32)
+		}
+	}
+	for _, sz := range [][2]int{{70, 64}, {9, 10}} { // float4 runs, and single values
+		rows, E := sz[0], sz[1]
+		y, xz, dout := e.randn(rows*E, 0, 1), e.randn(rows*2*E, 0, 2), e.randn(rows*E, 0, 1)
+		z := xz.slice(E, rows*2*E-E)
+		g := e.operand(rows*E, nil)
+		e.run(func(be backend.Backend, s side) { be.Gate(g.on(s), y.on(s), z.on(s), 2*E, rows, E) })
+		e.checkRounded(fmt.Sprintf("gate rows=%d E=%d out (bf16)", rows, E), g)
+		// dz into the second half of a (rows, 2E) operand, as the model's dxz.
+		dxz, dy := e.operand(rows*2*E, nil), e.nan(rows*E)
+		dz := dxz.slice(E, rows*2*E-E)
+		e.run(func(be backend.Backend, s side) {
+			be.GateBackward(dy.on(s), dz.on(s), dout.on(s), y.on(s), z.on(s), 2*E, rows, E)
+		})
+		e.check(fmt.Sprintf("gate backward rows=%d E=%d dy", rows, E), "operand outputs", dy, tolFP32)
+		// dxi into the first half, with the pre-activation recomputed (and
+		// stored, on the CPU).
+		const B, K = 1, 4
+		T := rows
+		cw, cb := e.randn(E*K, 0, 0.5), e.randn(E, 0, 0.5)
+		u, pre := e.nan(B*T*E), e.nan(B*T*E)
+		dw, db := e.randn(E*K, 0, 1), e.randn(E, 0, 1)
+		e.run(func(be backend.Backend, s side) {
+			be.Conv(u.on(s), pre.on(s), xz.on(s), 2*E, nil, cw.on(s), cb.on(s), B, T, E, K)
+			if s == onGPU {
+				be.(backend.ConvRecomputer).ConvBackwardRecompute(dxz.on(s), 2*E, dw.on(s), db.on(s), dout.on(s), xz.on(s), nil, cw.on(s), cb.on(s), B, T, E, K)
+			} else {
+				be.ConvBackward(dxz.on(s), 2*E, dw.on(s), db.on(s), dout.on(s), pre.on(s), xz.on(s), nil, cw.on(s), B, T, E, K)
+			}
+		})
+		e.checkRounded(fmt.Sprintf("gate and conv backward rows=%d E=%d dxz (bf16)", rows, E), dxz)
+		e.check(fmt.Sprintf("conv backward rows=%d E=%d dw", rows, E), "operand outputs", dw, tolFP32)
+	}
+}
+
+func TestOperandGemm(t *testing.T) {
+	_, g16 := gpus(t)
+	e := newEnv(t, g16, 23)
+	// Small products (which would otherwise stay on float32 operands) and
+	// ones with every side at least 512.
+	for _, sz := range [][3]int{{5, 7, 9}, {33, 20, 64}, {520, 536, 512}} {
+		m, n, k := sz[0], sz[1], sz[2]
+		for _, ta := range []bool{false, true} {
+			for _, tb := range []bool{false, true} {
+				for _, which := range []string{"A", "B", "AB"} {
+					ra, ca, rb, cb := m, k, k, n
+					if ta {
+						ra, ca = k, m
+					}
+					if tb {
+						rb, cb = n, k
+					}
+					// Operands rounded to bf16 on both sides; a float32 one is
+					// rounded by the GEMM's own copy, so it gets bf16 values too.
+					mk := func(rows, cols int, half bool) *pair {
+						v := roundAll(e.values(rows*cols, 1))
+						if half {
+							return e.operand(rows*cols, v)
+						}
+						return e.from(v)
+					}
+					a := mk(ra, ca, which != "B")
+					b := mk(rb, cb, which != "A")
+					c := e.randn(m*n, 0, 1)
+					e.run(func(be backend.Backend, s side) {
+						be.Gemm(ta, tb, m, n, k, 0.5, a.on(s), ca, b.on(s), cb, 1, c.on(s), n)
+					})
+					e.check(fmt.Sprintf("gemm bf16 operand %s m=%d n=%d k=%d ta=%v tb=%v", which, m, n, k, ta, tb), "gemm bf16 operands", c, tolFP32)
+				}
+			}
+		}
+	}
+}

@@ -60,12 +60,7 @@ type layerActs struct {
 	raw, delta backend.Tensor // dt pre-activation (biased) and softplus (BT,E)
 	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
 	y          backend.Tensor // scan output (BT,E)
-	// g is the gated output (BT,E), out_proj's input. In a training pass
-	// that keeps every layer's activations, all layers share one g and
-	// Backward gates y again for each layer below the last: one
-	// element-wise pass instead of E floats per position per layer kept
-	// (3.4 GB of 37 for 353M at T 8192).
-	g backend.Tensor
+	g          backend.Tensor // gated output (BT,E), out_proj's input
 }
 
 // NewPass allocates activations for batches of B sequences of T bytes.
@@ -106,10 +101,6 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	if oa, ok := be.(backend.OperandAllocator); ok && train {
 		operand = func(n int) backend.Tensor { return oa.AllocOperand(n, min(BT, D, E)) }
 	}
-	var g backend.Tensor // shared by the layers (layerActs.g)
-	if nl > 1 {
-		g = operand(BT * E)
-	}
 	for i := range p.acts {
 		a := &p.acts[i]
 		if recompute {
@@ -127,9 +118,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 			a.delta = be.Alloc(BT * E)
 		}
 		a.y = be.Alloc(BT * E)
-		if a.g = g; g == nil {
-			a.g = operand(BT * E)
-		}
+		a.g = operand(BT * E)
 		if train {
 			if p.crc == nil {
 				a.pre = be.Alloc(BT * E)
@@ -370,10 +359,6 @@ func (p *Pass) Backward() error {
 		w := &m.p.layers[l]
 		gw := &m.g.layers[l]
 		z := a.xz.Slice(E, a.xz.Len()-E)
-		if len(p.acts) > 1 && l < c.NLayer-1 {
-			// The layers share g (layerActs.g); the last one's is intact.
-			be.Gate(a.g, a.y, z, 2*E, BT, E)
-		}
 		// 8. out = g·W_outᵀ: dW_out += dhᵀ·g; dg = dh·W_out.
 		be.Gemm(true, false, D, E, BT, 1, p.dh, D, a.g, E, 1, gw.outProj, E)
 		be.Gemm(false, false, BT, E, D, 1, p.dh, D, w.outProj, E, 0, p.dg, E)

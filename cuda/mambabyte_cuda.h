@@ -88,16 +88,16 @@ int mb_stage_ids(const int32_t *ids_host, int64_t n);
  * (lda, ldb in its elements), as the kernels with an out16-style flag write
  * GEMM operands; the product then runs on bf16 tensor cores, a float32
  * other operand on a bf16 copy. */
-/* The smallest side at which bf16-mode GEMMs run on bf16 operands (0: they
- * never do, MAMBABYTE_CUDA_GEMM_PACK=0): an operand only such GEMMs read
- * may as well be stored in bf16. */
-int64_t mb_gemm_operand_min(void);
 #define MB_GEMM_BF16 1
 #define MB_GEMM_A16 2
 #define MB_GEMM_B16 4
 int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
             const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
             float *c, int64_t ldc, int mode);
+/* The smallest side at which bf16-mode GEMMs run on bf16 operands (0: they
+ * never do, MAMBABYTE_CUDA_GEMM_PACK=0): an operand only such GEMMs read
+ * may as well be stored in bf16. */
+int64_t mb_gemm_operand_min(void);
 
 /* out (n,D) = rows ids[i] of w (V,D). */
 int mb_embed_fwd(float *out, const int32_t *ids_host, const float *w, int64_t n, int64_t D);

@@ -733,8 +733,8 @@ __global__ void k_pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, 
 
 // The bf16 copy of the A operand of the last bf16-operand GEMM, and what
 // it was made from. The backward's dW and dX products of a projection
-// take the same A (dxz for in_proj, dh for out_proj) in consecutive calls;
-// the second reuses the copy. It is valid (g_packA_ok) only while nothing
+// take the same A (dh for out_proj; dxz for in_proj, unless it is a bf16
+// operand tensor already) in consecutive calls; the second reuses the copy. It is valid (g_packA_ok) only while nothing
 // but mb_gemm has run since it was made (ENTER drops it) and no GEMM has
 // written over its source since; memory written by other means (NCCL)
 // must not be a GEMM's A operand between two mb_gemm calls.
@@ -754,42 +754,6 @@ static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_
         k_pack_bf16<true><<<grid_for(rows * cols / 4), kThreads, 0, g_stream>>>(dst, src, rows, cols, ld);
     else
         k_pack_bf16<false><<<grid_for(rows * cols), kThreads, 0, g_stream>>>(dst, src, rows, cols, ld);
-}
-
-// gemm_bf16_operands is mb_gemm where A or B (or both) is stored in bf16,
-// written so by the kernel that made it (a GEMM operand tensor): the other
-// operand, if float32, gets a bf16 copy, whatever the sizes.
-static int gemm_bf16_operands(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
-                              const void *a, bool a16in, int64_t lda, const void *b, bool b16in,
-                              int64_t ldb, float beta, float *c, int64_t ldc) {
-    int64_t ar = transA ? k : m, ac = transA ? m : k, br = transB ? n : k, bc = transB ? k : n;
-    size_t need = (a16in ? 0 : carve_size<__nv_bfloat16>(ar * ac)) + (b16in ? 0 : carve_size<__nv_bfloat16>(br * bc));
-    char *cur = nullptr;
-    if (need) {
-        void *wsv;
-        if (workspace(need, &wsv)) return 1;
-        cur = (char *)wsv;
-    }
-    const __nv_bfloat16 *a16 = (const __nv_bfloat16 *)a, *b16 = (const __nv_bfloat16 *)b;
-    if (!a16in) {
-        __nv_bfloat16 *p = carve<__nv_bfloat16>(&cur, ar * ac);
-        pack_bf16(p, (const float *)a, ar, ac, lda);
-        LAUNCHED();
-        a16 = p, lda = ac;
-    }
-    if (!b16in) {
-        __nv_bfloat16 *p = carve<__nv_bfloat16>(&cur, br * bc);
-        pack_bf16(p, (const float *)b, br, bc, ldb);
-        LAUNCHED();
-        b16 = p, ldb = bc;
-    }
-    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF, (int)ldb,
-                     a16, CUDA_R_16BF, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
-                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    SYNC_DEBUG();
-    return 0;
 }
 
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
@@ -815,40 +779,52 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                 (long long)k);
         return 1;
     }
-    if (a_in16 || b_in16) return gemm_bf16_operands(transA, transB, m, n, k, alpha, av, a_in16, lda, bv, b_in16, ldb, beta, c, ldc);
-    if (!transA && transB && m <= kGemvMaxM)
+    const bool in16 = a_in16 || b_in16;
+    if (!in16 && !transA && transB && m <= kGemvMaxM)
         return gemv_nt(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
     // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: a
     // row-major buffer read column-major is the transpose, so pass B first
     // with the same transpose flags.
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (mode == 0) {
+    if (mode == 0 && !in16) {
         CKB(cublasSgemm(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b, (int)ldb, a,
                         (int)lda, &beta, c, (int)ldc));
-    } else if (m >= kGemmBf16Min && n >= kGemmBf16Min && k >= kGemmBf16Min && gemm_bf16_ok()) {
+    } else if (in16 || (m >= kGemmBf16Min && n >= kGemmBf16Min && k >= kGemmBf16Min && gemm_bf16_ok())) {
+        // bf16 operands: an operand stored in bf16 (an operand tensor,
+        // whatever the sizes) as it is, a float32 one as a bf16 copy.
         // As stored: A is (k, m) when transposed, else (m, k); B likewise.
         int64_t ar = transA ? k : m, ac = transA ? m : k, br = transB ? n : k, bc = transB ? k : n;
+        const int64_t na = a_in16 ? 0 : ar * ac, nb = b_in16 ? 0 : br * bc;  // copies to make
         void *wsv;
-        if (workspace(carve_size<__nv_bfloat16>(ar * ac) + carve_size<__nv_bfloat16>(br * bc), &wsv)) return 1;
+        if (workspace(carve_size<__nv_bfloat16>(na) + carve_size<__nv_bfloat16>(nb), &wsv)) return 1;
         char *cur = (char *)wsv;
-        __nv_bfloat16 *a16 = carve<__nv_bfloat16>(&cur, ar * ac), *b16 = carve<__nv_bfloat16>(&cur, br * bc);
-        if (keep && a == g_packA_src && ar == g_packA_rows && ac == g_packA_cols && lda == g_packA_ld) {
-            a16 = g_packA;
+        __nv_bfloat16 *a16 = carve<__nv_bfloat16>(&cur, na), *b16 = carve<__nv_bfloat16>(&cur, nb);
+        if (a_in16) {
+            a16 = (__nv_bfloat16 *)av;
+        } else if (keep && a == g_packA_src && ar == g_packA_rows && ac == g_packA_cols && lda == g_packA_ld) {
+            a16 = g_packA, lda = ac;
         } else if (!g_capturing) {
             if (grow((void **)&g_packA, &g_packA_bytes, (size_t)(ar * ac) * sizeof(__nv_bfloat16))) return 1;
             a16 = g_packA;
             pack_bf16(a16, a, ar, ac, lda);
             LAUNCHED();
             g_packA_src = a, g_packA_rows = ar, g_packA_cols = ac, g_packA_ld = lda;
+            lda = ac;
         } else {
             pack_bf16(a16, a, ar, ac, lda);  // a graph keeps nothing between calls
             LAUNCHED();
+            lda = ac;
         }
-        pack_bf16(b16, b, br, bc, ldb);
-        LAUNCHED();
+        if (b_in16) {
+            b16 = (__nv_bfloat16 *)bv;
+        } else {
+            pack_bf16(b16, b, br, bc, ldb);
+            LAUNCHED();
+            ldb = bc;
+        }
         CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF,
-                         (int)bc, a16, CUDA_R_16BF, (int)ac, &beta, c, CUDA_R_32F, (int)ldc,
+                         (int)ldb, a16, CUDA_R_16BF, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         // The copy stays valid for the next call unless this one wrote over
         // its source.
@@ -1156,7 +1132,7 @@ __device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld,
 template <int K>
 __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ldx,
                                const float *prev, const float *w, const float *bias, int64_t B,
-                               int64_t T, int64_t E, int64_t L, int64_t nc) {
+                               int64_t T, int64_t E, int64_t nc) {
     int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     float wk[K];
@@ -1165,7 +1141,7 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
     float bs = bias ? bias[e] : 0.f;
     for (int64_t cc = blockIdx.y; cc < B * nc; cc += gridDim.y) {
         int64_t b = cc / nc, c = cc - b * nc;
-        int64_t t0 = c * L, t1 = min(T, t0 + L);
+        int64_t t0 = c * kConvChunk, t1 = min(T, t0 + kConvChunk);
         float xw[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
@@ -1209,8 +1185,7 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
 template <int K>
 __global__ void k_conv_bwd_win(void *dxi, int dxi16, int64_t ldx, float *part, const float *du,
                                const float *pre, const float *xi, const float *prev, const float *w,
-                               const float *bias, int64_t B, int64_t T, int64_t E, int64_t L,
-                               int64_t nc) {
+                               const float *bias, int64_t B, int64_t T, int64_t E, int64_t nc) {
     int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     float wk[K], dw[K];
@@ -1223,7 +1198,7 @@ __global__ void k_conv_bwd_win(void *dxi, int dxi16, int64_t ldx, float *part, c
     float db = 0.f;
     for (int64_t cc = blockIdx.y; cc < B * nc; cc += gridDim.y) {
         int64_t b = cc / nc, c = cc - b * nc;
-        int64_t t0 = c * L, t1 = min(T, t0 + L);
+        int64_t t0 = c * kConvChunk, t1 = min(T, t0 + kConvChunk);
         float xw[K], gw[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
@@ -1365,7 +1340,7 @@ extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, c
     if (K >= 1 && K <= kConvWinMax) {
         int64_t nc;
         dim3 grid = conv_geometry(B, T, E, &nc);
-        CONV_WIN_LAUNCH(K, k_conv_fwd_win, grid, u, pre, xi, ldx, prev, w, bias, B, T, E, kConvChunk, nc);
+        CONV_WIN_LAUNCH(K, k_conv_fwd_win, grid, u, pre, xi, ldx, prev, w, bias, B, T, E, nc);
         return 0;
     }
     k_conv_fwd<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
@@ -1386,7 +1361,7 @@ extern "C" int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, cons
         void *ws;
         if (workspace((size_t)(grid.y * (K + 1) * E) * sizeof(float), &ws)) return 1;
         float *part = (float *)ws;
-        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, dxi16, ldx, part, du, pre, xi, prev, w, bias, B, T, E, kConvChunk, nc);
+        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, dxi16, ldx, part, du, pre, xi, prev, w, bias, B, T, E, nc);
         k_colsum_final<<<grid_for((K + 1) * E), kThreads, 0, g_stream>>>(f, part, grid.y, (int)K + 1, E);
         LAUNCHED();
         return 0;

@@ -31,9 +31,11 @@
 // decline, so the model steps with the general operations.
 //
 // Precision "fp32" computes everything in float32. "bf16" runs the GEMMs on
-// bf16 tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF: operands rounded
-// to bf16, float32 accumulation, float32 storage); the other kernels stay
-// float32.
+// bf16 tensor cores with float32 accumulation and storage: those with every
+// side at least 512 on bf16 operands (copies, or operand tensors that the
+// kernels producing them wrote in bf16; AllocOperand), smaller ones on
+// float32 operands with CUBLAS_COMPUTE_32F_FAST_16BF. The other kernels
+// compute in float32.
 package cuda
 
 import (
@@ -341,19 +343,17 @@ func (be *Backend) Download(dst []float32, src backend.Tensor) {
 }
 
 func (be *Backend) Zero(t backend.Tensor) {
-	p, _ := ptrOp(t)
-	be.l.check("zero", be.l.memset(p, 0, i64(t.Len()*cudaTensor(t).elemSize())))
+	ct := cudaTensor(t)
+	be.l.check("zero", be.l.memset(ct.Ptr(), 0, i64(ct.n*ct.elemSize())))
 	keep(t)
 }
 
 func (be *Backend) Copy(dst, src backend.Tensor) {
-	n := min(dst.Len(), src.Len())
-	d, dh := ptrOp(dst)
-	s, sh := ptrOp(src)
-	if dh != sh {
+	d, s := cudaTensor(dst), cudaTensor(src)
+	if d.half != s.half {
 		panic("cuda: Copy between a bf16 GEMM operand tensor and a float32 one")
 	}
-	be.l.check("copy", be.l.memcpyD2D(d, s, i64(n*cudaTensor(dst).elemSize())))
+	be.l.check("copy", be.l.memcpyD2D(d.Ptr(), s.Ptr(), i64(min(d.n, s.n)*d.elemSize())))
 	keep(dst, src)
 }
 
@@ -363,7 +363,7 @@ func packBF16(dst, src []float32) {
 	for i := range dst {
 		var w uint32
 		for j := 0; j < 2 && 2*i+j < len(src); j++ {
-			w |= uint32(toBF16(src[2*i+j])) << (16 * j)
+			w |= uint32(bf16Bits(src[2*i+j])) << (16 * j)
 		}
 		dst[i] = math.Float32frombits(w)
 	}
@@ -378,7 +378,8 @@ func unpackBF16(dst, src []float32) {
 	}
 }
 
-func toBF16(f float32) uint16 {
+// bf16Bits is f rounded to bf16 (to nearest, ties to even), as its bits.
+func bf16Bits(f float32) uint16 {
 	b := math.Float32bits(f)
 	if f != f {
 		return uint16(b>>16) | 0x40 // a quiet NaN

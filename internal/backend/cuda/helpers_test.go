@@ -161,21 +161,26 @@ func (e *env) from(v []float32) *pair {
 }
 
 // randn is N(mean, scale²) values.
-func (e *env) randn(n int, mean, scale float64) *pair {
+func (e *env) randn(n int, mean, scale float64) *pair { return e.from(e.values(n, mean, scale)) }
+
+// values are n N(mean, scale²) values.
+func (e *env) values(n int, mean, scale float64) []float32 {
 	v := make([]float32, n)
 	for i := range v {
 		v[i] = float32(mean + e.r.NormFloat64()*scale)
 	}
-	return e.from(v)
+	return v
 }
 
 // nan is an output poisoned with NaN on both sides.
-func (e *env) nan(n int) *pair {
+func (e *env) nan(n int) *pair { return e.from(nans(n)) }
+
+func nans(n int) []float32 {
 	v := make([]float32, n)
 	for i := range v {
 		v[i] = float32(math.NaN())
 	}
-	return e.from(v)
+	return v
 }
 
 // clone is an independent copy of p's CPU values on both sides.

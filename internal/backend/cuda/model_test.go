@@ -122,8 +122,11 @@ func roundMatrices(p map[string][]float32) map[string][]float32 {
 	return out
 }
 
-// bf16Round rounds x to the nearest bf16 value, ties to even (finite x).
+// bf16Round rounds x to the nearest bf16 value, ties to even (NaN stays NaN).
 func bf16Round(x float32) float32 {
+	if x != x {
+		return x
+	}
 	b := math.Float32bits(x)
 	b += 0x7fff + (b>>16)&1
 	return math.Float32frombits(b &^ 0xffff)

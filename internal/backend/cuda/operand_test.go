@@ -3,9 +3,11 @@ package cuda_test
 import (
 	"fmt"
 	"math"
+	"os"
 	"testing"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
+	"github.com/mambabyte/mambabyte/internal/backend/cuda"
 )
 
 // GEMM operand tensors (AllocOperand in bf16 mode) hold bf16 values. The
@@ -14,20 +16,20 @@ import (
 // results round differently: the fp32 tolerance here), and a GEMM that
 // reads them must compute what the CPU computes on the same rounded values.
 
-// bf16 rounds v to the nearest bf16 value (ties to even), as float32.
-func bf16(v float32) float32 {
-	if v != v {
-		return v
+// operandGPUs is gpus for the tests of bf16 operand tensors, which
+// MAMBABYTE_CUDA_GEMM_PACK=0 turns into float32 ones.
+func operandGPUs(t *testing.T) (fp32, bf16 *cuda.Backend) {
+	g32, g16 := gpus(t)
+	if os.Getenv("MAMBABYTE_CUDA_GEMM_PACK") == "0" {
+		t.Skip("MAMBABYTE_CUDA_GEMM_PACK=0: operand tensors are float32")
 	}
-	b := math.Float32bits(v)
-	b += 0x7fff + (b>>16)&1
-	return math.Float32frombits(b &^ 0xffff)
+	return g32, g16
 }
 
 func roundAll(v []float32) []float32 {
 	out := make([]float32, len(v))
 	for i, x := range v {
-		out[i] = bf16(x)
+		out[i] = bf16Round(x)
 	}
 	return out
 }
@@ -36,10 +38,7 @@ func roundAll(v []float32) []float32 {
 // operand tensor holding them (NaN-poisoned when v is nil).
 func (e *env) operand(n int, v []float32) *pair {
 	if v == nil {
-		v = make([]float32, n)
-		for i := range v {
-			v[i] = float32(math.NaN())
-		}
+		v = nans(n)
 	}
 	g := e.g.AllocOperand(n, 1<<20)
 	e.g.Upload(g, v)
@@ -54,18 +53,10 @@ func (e *env) checkRounded(name string, p *pair) {
 	e.check(name, "operand outputs", want, tolFP32)
 }
 
-func (e *env) values(n int, scale float64) []float32 {
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(e.r.NormFloat64() * scale)
-	}
-	return v
-}
-
 func TestOperandTransfers(t *testing.T) {
-	g32, g16 := gpus(t)
+	g32, g16 := operandGPUs(t)
 	e := newEnv(t, g16, 21)
-	v := e.values(7, 3)
+	v := e.values(7, 0, 3)
 	v[2] = float32(math.Inf(-1))
 	v[5] = 1 + 1.0/256 // a tie: rounds to even (1)
 	x := g16.AllocOperand(7, 1<<20)
@@ -79,7 +70,7 @@ func TestOperandTransfers(t *testing.T) {
 		}
 	}
 	// A view at an odd offset: its upload changes its values only.
-	w := e.values(3, 1)
+	w := e.values(3, 0, 1)
 	g16.Upload(x.Slice(1, 3), w)
 	g16.Download(got, x)
 	copy(want[1:4], roundAll(w))
@@ -123,7 +114,7 @@ func mustPanic(t *testing.T, what string, f func()) {
 }
 
 func TestOperandWriters(t *testing.T) {
-	_, g16 := gpus(t)
+	_, g16 := operandGPUs(t)
 	e := newEnv(t, g16, 22)
 	// Norm: many rows (a warp per row) and few (a block per row).
 	for _, rows := range []int{600, 3} {
@@ -174,7 +165,7 @@ func TestOperandWriters(t *testing.T) {
 }
 
 func TestOperandGemm(t *testing.T) {
-	_, g16 := gpus(t)
+	_, g16 := operandGPUs(t)
 	e := newEnv(t, g16, 23)
 	// Small products (which would otherwise stay on float32 operands) and
 	// ones with every side at least 512.
@@ -193,7 +184,7 @@ func TestOperandGemm(t *testing.T) {
 					// Operands rounded to bf16 on both sides; a float32 one is
 					// rounded by the GEMM's own copy, so it gets bf16 values too.
 					mk := func(rows, cols int, half bool) *pair {
-						v := roundAll(e.values(rows*cols, 1))
+						v := roundAll(e.values(rows*cols, 0, 1))
 						if half {
 							return e.operand(rows*cols, v)
 						}

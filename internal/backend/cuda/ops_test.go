@@ -193,8 +193,9 @@ func TestConv(t *testing.T) {
 					e.check("conv backward dbias "+name, "conv backward", dbias, tolFP32)
 				}
 				// The same with the pre-activation recomputed on the GPU.
-				dxi2, dw2, dbias2 := e.nan(B*T*ldx), e.randn(E*K, 0, 1), dbias
-				if dbias != nil {
+				dxi2, dw2 := e.nan(B*T*ldx), e.randn(E*K, 0, 1)
+				var dbias2 *pair
+				if withBias {
 					dbias2 = e.randn(E, 0, 1)
 				}
 				e.run(func(be backend.Backend, s side) {

@@ -13,12 +13,7 @@ func scanBenchInputs() (B, T, E, N, ldbc int, u, delta, xdbl, A, Dskip, ckpt []f
 	B, T, E, N = 4, 1024, 1024, 16
 	ldbc = 32 + 2*N
 	r := rand.New(rand.NewPCG(5, 6))
-	u = randSlice(r, B*T*E, 1)
-	delta = make([]float32, B*T*E)
-	for i := range delta {
-		delta[i] = float32(0.001 + 0.1*r.Float64())
-	}
-	xdbl = randSlice(r, B*T*ldbc, 1)
+	u, delta, xdbl = scanTestInputs(r, B*T, E, ldbc, 0.1)
 	A = make([]float32, E*N)
 	for e := 0; e < E; e++ {
 		for n := 0; n < N; n++ {

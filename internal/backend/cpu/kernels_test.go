@@ -273,9 +273,11 @@ func testScanBackwardFD(t *testing.T, r *rand.Rand, E int) {
 
 // ScanBackward (the vector kernels where built) against the plain
 // backward on the same checkpoints, at shapes that cover several channel
-// blocks and a partial one (E 160 splits into parts of 80 channels), N
+// blocks and a partial one (E 160 is blocks of 64, 64 and 32 channels), N
 // of 16 and 32 (whole lane reductions) and 7 and 20 (remainders), and T
-// that is not a multiple of ScanChunk.
+// that is not a multiple of ScanChunk. How ScanBackward splits the
+// channels depends on the core count, so the vector kernel also runs once
+// over all of them.
 func TestScanBackwardMatchesPlain(t *testing.T) {
 	r := rand.New(rand.NewPCG(19, 20))
 	for _, tc := range []struct{ B, T, E, N int }{{2, 150, 160, 16}, {1, 70, 48, 32}, {2, 65, 32, 7}, {1, 130, 64, 20}, {3, 9, 16, 16}} {
@@ -294,6 +296,7 @@ func TestScanBackwardMatchesPlain(t *testing.T) {
 		dx := make([]float32, B*T*ldbc)
 		dAlog, dD := randSlice(r, E*N, 1), randSlice(r, E, 1) // accumulated into
 		wdAlog, wdD := append([]float32(nil), dAlog...), append([]float32(nil), dD...)
+		vdAlog, vdD := append([]float32(nil), dAlog...), append([]float32(nil), dD...)
 		ScanBackward(du, dd, dx[5:], dx[5+N:], dAlog, dD, dy, u, delta, Bt, Ct, ldbc, A, Dskip, ckpt, B, T, E, N)
 
 		wdu, wdd := make([]float32, B*T*E), make([]float32, B*T*E)
@@ -304,10 +307,19 @@ func TestScanBackwardMatchesPlain(t *testing.T) {
 			copy(wdx[row*ldbc+5:], pBC[row*N:(row+1)*N])
 			copy(wdx[row*ldbc+5+N:], pBC[B*T*N+row*N:B*T*N+(row+1)*N])
 		}
-		for _, c := range []struct {
+		type cmp struct {
 			name      string
 			got, want []float32
-		}{{"du", du, wdu}, {"ddelta", dd, wdd}, {"dB,dC", dx, wdx}, {"dAlog", dAlog, wdAlog}, {"dD", dD, wdD}} {
+		}
+		cmps := []cmp{{"du", du, wdu}, {"ddelta", dd, wdd}, {"dB,dC", dx, wdx}, {"dAlog", dAlog, wdAlog}, {"dD", dD, wdD}}
+		if scanVector {
+			vdu, vdd := make([]float32, B*T*E), make([]float32, B*T*E)
+			vBC := make([]float32, 2*B*T*N)
+			scanBackwardVec(vdu, vdd, vBC[:B*T*N], vBC[B*T*N:], vdAlog, vdD, dy, u, delta, Bt, Ct, ldbc, A, Dskip, ckpt, B, T, E, N, 0, E)
+			cmps = append(cmps, cmp{"du (one vector call)", vdu, wdu}, cmp{"ddelta (one vector call)", vdd, wdd},
+				cmp{"dB,dC (one vector call)", vBC, pBC}, cmp{"dAlog (one vector call)", vdAlog, wdAlog}, cmp{"dD (one vector call)", vdD, wdD})
+		}
+		for _, c := range cmps {
 			want := make([]float64, len(c.want))
 			for i, v := range c.want {
 				want[i] = float64(v)

@@ -200,10 +200,7 @@ func scanBackwardVec(du, ddelta, pB, pC, dAlog, dDskip, dy, u, delta, Bt, Ct []f
 		G := w / 16 // groups in this block
 		for n := 0; n < N; n++ {
 			for gi := 0; gi < G; gi++ {
-				for i := range lane {
-					lane[i] = A[(blo+gi*16+i)*N+n]
-				}
-				blk[(n*G+gi)*3] = archsimd.LoadFloat32x16(&lane)
+				blk[(n*G+gi)*3] = gather16(A, blo+gi*16, N, n)
 				blk[(n*G+gi)*3+2] = zero()
 			}
 		}

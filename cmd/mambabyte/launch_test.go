@@ -333,7 +333,12 @@ func TestTrainGPUsStopsOnSignal(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(errb.String(), "data parallel") && time.Now().Before(deadline) {
+	for !strings.Contains(errb.String(), "data parallel") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no \"data parallel\" line within 60 s:\n%s", errb.String())
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond)

@@ -116,9 +116,6 @@ func cmdTrain(args []string) error {
 	if !worker && (*gpus != 1 || *nodes != 1 || set["node-rank"] || set["rendezvous"]) {
 		return launchWorkers(args, *gpus, *nodes, *nodeRank, *rendezvous)
 	}
-	if !worker {
-		job = dist.Env{World: 1}
-	}
 	lead := job.Rank == 0 // prints, logs and writes checkpoints
 
 	// The options the flags describe (a fresh run's).
@@ -272,9 +269,7 @@ func cmdTrain(args []string) error {
 	if err != nil {
 		return err
 	}
-	if comm != nil {
-		tr.Comm = comm
-	}
+	tr.Comm = comm
 	if !lead {
 		// The other ranks train and keep quiet; errors still reach stderr.
 		err := tr.Run(ctx)
@@ -302,7 +297,7 @@ func cmdTrain(args []string) error {
 	fmt.Fprintln(os.Stderr)
 	if worker {
 		fmt.Fprintf(os.Stderr, "data parallel: %d workers (%s), %d of the %d windows of each micro-batch per worker\n",
-			job.World, commName(comm), opt.Batch/job.World, opt.Batch)
+			job.World, commName(comm), tr.Rows(), opt.Batch)
 	}
 
 	bar := newProgress(os.Stderr, opt.Steps, tr.Step)
@@ -400,9 +395,7 @@ type progress struct {
 func newProgress(w io.Writer, total, startStep int) *progress {
 	tty := false
 	if f, ok := w.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
+		tty = isTerminal(f)
 	}
 	// A worker's stderr is a pipe to its launcher, which passes it on to
 	// a terminal.

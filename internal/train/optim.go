@@ -32,18 +32,17 @@ func (o *AdamW) Step(m *model.Model, step int, lr float64) {
 	if ar, ok := m.BE.(backend.AdamWRunner); ok {
 		ar.AdamWRuns(m.Params, m.Grads, o.M, o.V, o.runs, float32(lr), float32(o.Beta1), float32(o.Beta2),
 			float32(o.Eps), float32(o.WeightDecay), float32(bc1), float32(bc2))
-		m.Touch()
-		return
-	}
-	for _, r := range o.runs {
-		wd := 0.0
-		if r.Decay {
-			wd = o.WeightDecay
+	} else {
+		for _, r := range o.runs {
+			wd := 0.0
+			if r.Decay {
+				wd = o.WeightDecay
+			}
+			m.BE.AdamW(m.Params.Slice(r.Off, r.Len), m.Grads.Slice(r.Off, r.Len),
+				o.M.Slice(r.Off, r.Len), o.V.Slice(r.Off, r.Len),
+				float32(lr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(wd),
+				float32(bc1), float32(bc2))
 		}
-		m.BE.AdamW(m.Params.Slice(r.Off, r.Len), m.Grads.Slice(r.Off, r.Len),
-			o.M.Slice(r.Off, r.Len), o.V.Slice(r.Off, r.Len),
-			float32(lr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(wd),
-			float32(bc1), float32(bc2))
 	}
 	m.Touch()
 }

@@ -98,7 +98,7 @@ type ConvRecomputer interface {
 // ConvBackwardRecompute) as dxi; Gemm takes it as A or B; Zero, Copy
 // between two of them, Upload and Download (converting) work on it; no
 // other operation takes one. The model allocates a training pass's norm
-// outputs, gated outputs and in_proj input gradients so.
+// outputs, gated outputs and the gradients of in_proj's output so.
 type OperandAllocator interface {
 	AllocOperand(n, minSide int) Tensor
 }

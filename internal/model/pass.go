@@ -57,7 +57,7 @@ type layerActs struct {
 	xz         backend.Tensor // in_proj output (BT,2E): xi then z
 	pre, u     backend.Tensor // conv pre-activation (nil with a ConvRecomputer) and silu output (BT,E)
 	xdbl       backend.Tensor // x_proj output (BT,R+2N): r, Bt, Ct
-	raw, delta backend.Tensor // dt pre-activation (biased) and softplus (BT,E)
+	raw, delta backend.Tensor // dt pre-activation (biased by Dt; with a DtScanner unbiased, and delta nil) and softplus (BT,E)
 	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
 	y          backend.Tensor // scan output (BT,E)
 	g          backend.Tensor // gated output (BT,E), out_proj's input
@@ -94,7 +94,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	}
 	p.acts = make([]layerActs, nl)
 	// A training pass keeps GEMM operands that only GEMMs read (the norm
-	// outputs, the gated outputs, the in_proj input gradient) at the
+	// outputs, the gated outputs, the gradient of in_proj's output) at the
 	// precision the backend's GEMMs read, where it has one of its own.
 	// Every GEMM that reads them has sides BT, D and E (or 2E).
 	operand := be.Alloc

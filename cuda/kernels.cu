@@ -2410,16 +2410,20 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     float *wcol = sW + warp * Ls * row2 + (q0 < 4 ? 0 : N) + 4 * ln + (q0 & 3);
     const int64_t BT = (int64_t)gridDim.z * a.T;
     float *pout = part + ((int64_t)blockIdx.x * BT + L.b * a.T + L.t0) * row2;
-    // The chunk's first rows of du and ddelta in the lane's channel.
-    const int E = a.E;
-    float *pdu = du_out + (L.b * a.T + L.t0) * E + L.e, *pdd = ddelta_out + (L.b * a.T + L.t0) * E + L.e;
+    // du and ddelta are written after each sub-chunk by the whole block,
+    // a row of the block's channels at a time: thread tid keeps channel
+    // tid % cpb (cpb divides the block), ech in the layer.
+    const int E = a.E, ch = tid % cpb, ech = blockIdx.x * cpb + ch;
+    float *pdu = du_out + (L.b * a.T + L.t0) * E + ech, *pdd = ddelta_out + (L.b * a.T + L.t0) * E + ech;
     const int64_t at = quad_at(L, a, nc);
     float A[4], A2[4], g[4], dA[4] = {0.f, 0.f, 0.f, 0.f}, s[4];
     quad_decay(A, A2, L, a);
     quad_load(g, h, L.ce, at);
     quad_load(s, ckpt, L.ce, at);
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
-    float sdy = 0.f, sdr = 0.f;  // the chunk's Σ dy·u (dDskip) and Σ draw (dt bias)
+    // The chunk's Σ dy·u (dDskip), in the lane's channel, and the thread's
+    // part of Σ draw (dt bias) in channel ch.
+    float sdy = 0.f, sdr = 0.f;
     __syncthreads();
     const int rows = L.t1 - L.t0;
     // First pass: from the checkpoint over the chunk, keeping each
@@ -2443,9 +2447,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
             if (js + i < rows) quad_advance<N, cpb>(hist[i], A2, sd, su, sbt, js + i - 1, grp, ln);
         }
         // Walking back, s is the state after step jt (the one before the
-        // step above it). qu, qd: the sub-chunk's first rows of du and
-        // ddelta (row i is i·E floats on: a 32-bit product, not 64).
-        float *qu = pdu + (int64_t)js * E, *qd = pdd + (int64_t)js * E;
+        // step above it).
 #pragma unroll
         for (int i = Ls - 1; i >= 0; i--) {
             const int jt = js + i;
@@ -2474,13 +2476,16 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
                 sa += __shfl_xor_sync(0xffffffffu, sa, o);
                 sgb += __shfl_xor_sync(0xffffffffu, sgb, o);
             }
-            if (L.ce && ln == 0) {
-                qu[i * E] = fmaf(d, sgb, gy * dsk);
-                const float dd = fmaf(uu, sgb, sa);
-                const float dr = a.dtraw ? dd * dt_grad(d) : dd;
-                qd[i * E] = dr;
-                sdy = fmaf(gy, uu, sdy);
-                sdr += dr;
+            // Every lane of the channel holds the step's sums; the first
+            // leaves du and the Δ gradient (before softplus) in place of the
+            // step's u and dy, which nothing reads again (once every lane
+            // has read them: __syncwarp).
+            sdy = fmaf(gy, uu, sdy);
+            const float dus = fmaf(d, sgb, gy * dsk), dd = fmaf(uu, sgb, sa);
+            __syncwarp();
+            if (ln == 0) {
+                sg[jt * cpb + grp] = dus;
+                su[jt * cpb + grp] = dd;
             }
             quad_exchange<P>(v, lane);
             if (writer) {
@@ -2500,15 +2505,31 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
             for (int w = 1; w < warps; w++) sum += w0[w * Ls * row2 + x];
             pout[js * row2 + x] = sum;
         }
+        // The sub-chunk's du and ddelta rows (the next sub-chunk writes
+        // rows before js, so these stay until the next barrier).
+        if (ech < E) {
+            for (int jt = js + tid / cpb; jt < min(rows, js + Ls); jt += bd / cpb) {
+                pdu[(int64_t)jt * E] = sg[jt * cpb + ch];
+                const float dd = su[jt * cpb + ch];
+                const float dr = a.dtraw ? dd * dt_grad(sd[jt * cpb + ch]) : dd;
+                pdd[(int64_t)jt * E] = dr;
+                sdr += dr;
+            }
+        }
     }
+    // Σ draw over the block's threads of each channel, in thread order.
+    __syncthreads();
+    sW[tid] = sdr;
+    __syncthreads();
     if (L.ce) {
 #pragma unroll
         for (int j = 0; j < 4; j++) h[at + j] = dA[j];
-        if (ln == 0) {
-            float *pc = cols + (L.b * nc + L.c) * 2 * E + L.e;
-            pc[0] = sdy;
-            pc[E] = sdr;
-        }
+        if (ln == 0) cols[(L.b * nc + L.c) * 2 * E + L.e] = sdy;
+    }
+    if (tid < cpb && ech < E) {
+        float s = 0.f;
+        for (int k = tid; k < bd; k += cpb) s += sW[k];
+        cols[(L.b * nc + L.c) * 2 * E + E + ech] = s;
     }
 }
 

@@ -1,5 +1,6 @@
 // gemm_bench.cu — a development timer for the training GEMMs: each shape
-// of the 353M model's step (T 8192), as mb_gemm runs it in bf16 mode
+// of the 353M model's step (T 8192), with the beta and leading dimensions the
+// model passes, as mb_gemm runs it in bf16 mode
 // (float32 operands, CUBLAS_COMPUTE_32F_FAST_16BF) against cuBLAS on bf16
 // operands with float32 output and accumulation and against TF32 on the
 // float32 operands, and the cost of turning a float32 operand into bf16.
@@ -26,15 +27,18 @@ __global__ void k_to_bf16(__nv_bfloat16 *d, const float *s, long n) {
     }
 }
 
-struct Shape { int tA, tB; long m, n, k; };
+// beta is what the model passes (1 where a product adds to a gradient or
+// the residual stream); lda, ldb, ldc 0 mean packed, otherwise the model's
+// (x_proj's output rows are 96 wide, of which dt_proj reads 64).
+struct Shape { int tA, tB; long m, n, k; float beta; long lda, ldb, ldc; };
 
 int main() {
     // Row-major C (m×n) = op(A)·op(B), the profile's names: "gemm TN m x n x k".
     Shape shapes[] = {
-        {1, 0, 4096, 1024, 8192}, {0, 0, 8192, 1024, 4096}, {0, 1, 8192, 4096, 1024},
-        {1, 0, 1024, 2048, 8192}, {0, 0, 8192, 2048, 1024}, {0, 1, 8192, 1024, 2048},
-        {0, 0, 8192, 2048, 96},   {0, 0, 8192, 64, 2048},   {0, 1, 8192, 96, 2048},
-        {1, 0, 2048, 64, 8192},   {0, 1, 8192, 2048, 64},   {1, 0, 96, 2048, 8192},
+        {1, 0, 4096, 1024, 8192, 1}, {0, 0, 8192, 1024, 4096, 0}, {0, 1, 8192, 4096, 1024, 0},
+        {1, 0, 1024, 2048, 8192, 1}, {0, 0, 8192, 2048, 1024, 0}, {0, 1, 8192, 1024, 2048, 1},
+        {0, 0, 8192, 2048, 96, 1},   {0, 0, 8192, 64, 2048, 0, 0, 0, 96}, {0, 1, 8192, 96, 2048, 0},
+        {1, 0, 2048, 64, 8192, 1, 0, 96},  {0, 1, 8192, 2048, 64, 0, 96}, {1, 0, 96, 2048, 8192, 1},
     };
     long maxe = 8192L * 4096;
     float *A, *B, *C;
@@ -50,12 +54,14 @@ int main() {
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0); cudaEventCreate(&e1);
     const int reps = 20;
-    float alpha = 1, beta = 1;
+    float alpha = 1;
     printf("%-24s %10s %10s %10s %10s %10s\n", "gemm", "f32in TF/s", "bf16 TF/s", "f32in us", "bf16 us", "tf32 us");
     double tot32 = 0, tot16 = 0, tottf = 0, totcv = 0;
     for (const Shape &s : shapes) {
         cublasOperation_t oA = s.tA ? CUBLAS_OP_T : CUBLAS_OP_N, oB = s.tB ? CUBLAS_OP_T : CUBLAS_OP_N;
-        int lda = s.tA ? s.m : s.k, ldb = s.tB ? s.k : s.n, ldc = s.n;
+        int lda = s.lda ? s.lda : s.tA ? s.m : s.k, ldb = s.ldb ? s.ldb : s.tB ? s.k : s.n;
+        int ldc = s.ldc ? s.ldc : s.n;
+        float beta = s.beta;
         float ms[3];
         for (int v = 0; v < 3; v++) {
             for (int r = -3; r < reps; r++) {
@@ -88,7 +94,7 @@ int main() {
         mc /= reps;
         double fl = 2.0 * s.m * s.n * s.k;
         char name[64];
-        snprintf(name, sizeof name, "%s%s %ldx%ldx%ld", s.tA ? "T" : "N", s.tB ? "T" : "N", s.m, s.n, s.k);
+        snprintf(name, sizeof name, "%s%s %ldx%ldx%ld b%g", s.tA ? "T" : "N", s.tB ? "T" : "N", s.m, s.n, s.k, s.beta);
         printf("%-24s %10.0f %10.0f %10.1f %10.1f %10.1f  (both operands to bf16: %.1f us)\n", name,
                fl / ms[0] / 1e9, fl / ms[1] / 1e9, ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, mc * 1e3);
         tot32 += ms[0]; tot16 += ms[1]; tottf += ms[2]; totcv += mc;

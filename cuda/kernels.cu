@@ -30,6 +30,7 @@
 
 static char g_err[1024] = "no error";
 static char g_name[512] = "";
+static int g_sms = 1;  // the device's SM count (mb_init)
 static int g_ready = 0;
 static int g_device = 0;
 static int g_sync = 0;
@@ -301,6 +302,14 @@ static unsigned grid_for(int64_t n) {
     return (unsigned)b;
 }
 
+// allow_smem raises a kernel's dynamic shared memory limit past the default
+// 48 KiB (a host-side setting, allowed while a graph is being captured).
+template <class F>
+static int allow_smem(F kernel, size_t smem) {
+    if (smem > (48u << 10)) CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    return 0;
+}
+
 // ---------------------------------------------------------------------------
 // Deterministic column sums: out[q][c] (+)= Σ_r f(r, c, q) for c < C, q < Q.
 // Stage 1: a block of 32×8 threads sums a 32-column tile over one chunk of
@@ -413,6 +422,7 @@ extern "C" int mb_init(int device, int sync) {
     snprintf(g_name, sizeof g_name, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major,
              prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    g_sms = prop.multiProcessorCount;
     CK(cudaStreamCreate(&g_stream));
     CKB(cublasCreate(&g_blas));
     CKB(cublasSetPointerMode(g_blas, CUBLAS_POINTER_MODE_HOST));
@@ -1034,16 +1044,125 @@ extern "C" int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, 
     return 0;
 }
 
+// The norm backward in one pass over the rows: warp w of a block takes rows
+// r0+w, r0+w+W, ... of the block's chunk [r0, r0+rch), adds into dx as
+// k_norm_bwd_dx does, and sums its rows' dout·xhat (and dout when Q is 2)
+// per column in its own slice of shared memory; the block then adds the W
+// slices in warp order into part[chunk][q][c], which k_colsum_final adds
+// in chunk order. V > 0: the lane keeps its V values of the row's x and
+// dout in registers between the two passes (D <= 32·V); V = 0 reads them
+// again.
+template <int V>
+__global__ void __launch_bounds__(256, 2) k_norm_bwd_rows(float *dx, float *part, const float *dout, const float *x,
+                                const float *w, const float *mean, const float *rstd,
+                                int64_t rows, int64_t D, int64_t rch, int rms, int Q) {
+    extern __shared__ float sacc[];
+    const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int64_t QD = (int64_t)Q * D;
+    float *acc = sacc + warp * QD;
+    for (int64_t c = lane; c < QD; c += 32) acc[c] = 0.f;
+    __syncwarp();  // (a lane may add to a column another lane zeroed)
+    const int64_t r0 = (int64_t)blockIdx.x * rch, r1 = min(rows, r0 + rch);
+    for (int64_t r = r0 + warp; r < r1; r += W) {
+        const float *xr = x + r * D, *gr = dout + r * D;
+        float *dr = dx + r * D;
+        const float m = mean ? mean[r] : 0.f, rs = rstd[r];
+        float xv[V > 0 ? V : 1], gv[V > 0 ? V : 1];
+        float sg = 0.f, sgx = 0.f;
+        if (V > 0) {
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const int i = lane + 32 * j;
+                xv[j] = i < D ? xr[i] : 0.f;
+                gv[j] = i < D ? gr[i] : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const int i = lane + 32 * j;
+                if (i < D) {
+                    float g = gv[j] * w[i];
+                    sg += g;
+                    sgx += g * ((xv[j] - m) * rs);
+                }
+            }
+        } else {
+            for (int64_t i = lane; i < D; i += 32) {
+                float g = gr[i] * w[i];
+                sg += g;
+                sgx += g * ((xr[i] - m) * rs);
+            }
+        }
+        const float mg = rms ? 0.f : warp_sum(sg) / (float)D;
+        const float mgx = warp_sum(sgx) / (float)D;
+        if (V > 0) {
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const int i = lane + 32 * j;
+                if (i < D) {
+                    float xh = (xv[j] - m) * rs, g = gv[j];
+                    dr[i] += rs * (g * w[i] - mg - xh * mgx);
+                    acc[i] += g * xh;
+                    if (Q == 2) acc[D + i] += g;
+                }
+            }
+        } else {
+            for (int64_t i = lane; i < D; i += 32) {
+                float xh = (xr[i] - m) * rs, g = gr[i];
+                dr[i] += rs * (g * w[i] - mg - xh * mgx);
+                acc[i] += g * xh;
+                if (Q == 2) acc[D + i] += g;
+            }
+        }
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < QD; c += blockDim.x) {
+        float s = 0.f;
+        for (int k = 0; k < W; k++) s += sacc[k * QD + c];
+        part[(int64_t)blockIdx.x * QD + c] = s;
+    }
+}
+
+// norm_bwd_rows runs k_norm_bwd_rows and the chunk sums; it reports -1
+// (nothing launched) where the per-warp sums do not fit in shared memory.
+template <int V>
+static int norm_bwd_rows(float *dx, const NormCols &f, const float *dout, const float *x,
+                         const float *w, const float *mean, const float *rstd, int64_t rows,
+                         int64_t D, int rms, int Q) {
+    const size_t per_warp = (size_t)Q * D * sizeof(float);
+    int W = 8;
+    while (W > 1 && per_warp * W > (160u << 10)) W /= 2;
+    if (per_warp * W > (160u << 10)) return -1;
+    // About two blocks per SM's worth of chunks, each at least 2 rows a warp.
+    int64_t rch = (rows + 2 * g_sms - 1) / (2 * g_sms);
+    if (rch < 2 * W) rch = 2 * W;
+    int64_t chunks = (rows + rch - 1) / rch;
+    void *ws;
+    if (workspace((size_t)chunks * Q * D * sizeof(float), &ws)) return 1;
+    size_t smem = per_warp * W;
+    if (allow_smem(k_norm_bwd_rows<V>, smem)) return 1;
+    k_norm_bwd_rows<V><<<(unsigned)chunks, 32 * W, smem, g_stream>>>(dx, (float *)ws, dout, x, w, mean, rstd,
+                                                                     rows, D, rch, rms, Q);
+    LAUNCHED();
+    k_colsum_final<<<grid_for((int64_t)Q * D), kThreads, 0, g_stream>>>(f, (const float *)ws, chunks, Q, D);
+    LAUNCHED();
+    return 0;
+}
+
 extern "C" int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
                            const float *w, const float *mean, const float *rstd, int64_t rows,
                            int64_t D, int rms) {
     ENTER();
     if (rows <= 0 || D <= 0) return 0;
+    NormCols f{dw, db, dout, x, mean, rstd, D};
+    int Q = (rms || db == nullptr) ? 1 : 2;
+    int rc = D <= 256    ? norm_bwd_rows<8>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+             : D <= 512  ? norm_bwd_rows<16>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+             : D <= 1024 ? norm_bwd_rows<32>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+                         : norm_bwd_rows<0>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q);
+    if (rc >= 0) return rc;
     unsigned blocks = (unsigned)((rows + 7) / 8);
     k_norm_bwd_dx<<<blocks, 256, 0, g_stream>>>(dx, dout, x, w, mean, rstd, rows, D, rms);
     LAUNCHED();
-    NormCols f{dw, db, dout, x, mean, rstd, D};
-    int Q = (rms || db == nullptr) ? 1 : 2;
     return colsum(f, rows, D, Q);
 }
 
@@ -2630,14 +2749,6 @@ static size_t scan_smem(int P, int64_t N, int cols, int bcs, size_t extra, int t
     return ((size_t)kScanChunk * ((size_t)cols * cpb + (size_t)bcs * N) + extra) * sizeof(float);
 }
 
-// allow_smem raises a kernel's dynamic shared memory limit past the default
-// 48 KiB (a host-side setting, allowed while a graph is being captured).
-template <class F>
-static int allow_smem(F kernel, size_t smem) {
-    if (smem > (48u << 10)) CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    return 0;
-}
-
 // Dispatch on J (1..4) to a kernel template.
 #define SCAN_LAUNCH(J, kern, grid, shmem, ...)                                                  \
     do {                                                                                        \
@@ -2744,6 +2855,9 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     else
         SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
     return 0;
+}
+    SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
+    return go.z ? gate_fwd_to(go.out, go.out16, y, go.z, go.ldz, B * T, E) : 0;
 }
 
 extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,

@@ -1609,9 +1609,9 @@ static void gate_fwd(O *out, const float *y, const float *z, int64_t ldz, int64_
 }
 
 // out16: out is bf16 (a GEMM operand).
-extern "C" int mb_gate_fwd(void *out, const float *y, const float *z, int64_t ldz, int64_t rows,
-                           int64_t E, int out16) {
-    ENTER();
+// gate_fwd_to launches the gate into out, bf16 when out16.
+static int gate_fwd_to(void *out, int out16, const float *y, const float *z, int64_t ldz,
+                       int64_t rows, int64_t E) {
     if (rows * E <= 0) return 0;
     if (out16)
         gate_fwd((__nv_bfloat16 *)out, y, z, ldz, rows, E);
@@ -1619,6 +1619,12 @@ extern "C" int mb_gate_fwd(void *out, const float *y, const float *z, int64_t ld
         gate_fwd((float *)out, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
+}
+
+extern "C" int mb_gate_fwd(void *out, const float *y, const float *z, int64_t ldz, int64_t rows,
+                           int64_t E, int out16) {
+    ENTER();
+    return gate_fwd_to(out, out16, y, z, ldz, rows, E);
 }
 
 template <typename DZ>
@@ -2431,10 +2437,23 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     quad_end(loc, dsum, s, ds, L, a, nc);
 }
 
-// k_scan_out in the four-state layout (N = 4·P).
+// The gate that k_scan_out_quad may apply as it writes y: out (B·T, E) =
+// y·silu(z), z with row stride ldz, out bf16 when out16 (as mb_gate_fwd).
+struct GateOut {
+    const float *z;
+    int64_t ldz;
+    void *out;
+    int out16;
+};
+
+// k_scan_out in the four-state layout (N = 4·P). The channel's first lane
+// leaves each step's y in shared memory in place of the step's u (read no
+// more once every lane of the channel has read it: __syncwarp), and after
+// the chunk the block writes y, and the gate when go.z is set, a row of
+// its channels at a time.
 template <int P>
 __global__ void __launch_bounds__(kScanQuadThreads)
-    k_scan_out_quad(ScanArgs a, int nc, float *y, const float *start, float *sT) {
+    k_scan_out_quad(ScanArgs a, int nc, float *y, const float *start, float *sT, GateOut go) {
     extern __shared__ float4 sh4[];
     constexpr int N = 4 * P, cpb = kScanQuadThreads / P;
     ScanLane<1> L(a, blockIdx.y);
@@ -2451,9 +2470,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
     const float dsk = L.ce ? a.Dskip[L.e] : 0.f;
     __syncthreads();
     const int rows = L.t1 - L.t0;
-    float *yo = y + (L.b * a.T + L.t0) * a.E + L.e;  // step jt's y, by increments
-    const int64_t E = a.E;
-    for (int jt = 0; jt < rows; jt++, yo += E) {
+    for (int jt = 0; jt < rows; jt++) {
         quad_advance<N, cpb>(s, A2, sd, su, sbt, jt, grp, ln);
         const float4 c4 = *(const float4 *)&sct[jt * N + 4 * ln];
         float acc = s[0] * c4.x;
@@ -2462,11 +2479,36 @@ __global__ void __launch_bounds__(kScanQuadThreads)
         acc = fmaf(s[3], c4.w, acc);
 #pragma unroll
         for (int o = 1; o < P; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (L.ce && ln == 0) *yo = fmaf(dsk, su[jt * cpb + grp], acc);
+        const float yv = fmaf(dsk, su[jt * cpb + grp], acc);
+        __syncwarp();
+        if (ln == 0) su[jt * cpb + grp] = yv;
     }
     if (sT && L.c == nc - 1 && L.ce) {
 #pragma unroll
         for (int j = 0; j < 4; j++) sT[(L.b * a.E + L.e) * N + 4 * ln + j] = s[j];
+    }
+    // After the chunk, thread tid writes channel ch's rows tid/cpb + i·P,
+    // loading all their z values first.
+    const int64_t E = a.E, row0 = L.b * a.T + L.t0;
+    const int ch = L.tid % cpb, r0 = L.tid / cpb;
+    const int64_t ech = (int64_t)blockIdx.x * cpb + ch;
+    constexpr int nz = kScanChunk / P;
+    float zv[nz];
+#pragma unroll
+    for (int i = 0; i < nz; i++) {
+        const int jt = r0 + i * P;
+        zv[i] = go.z && ech < E && jt < rows ? go.z[(row0 + jt) * go.ldz + ech] : 0.f;
+    }
+    __syncthreads();
+    if (ech >= E) return;
+#pragma unroll
+    for (int i = 0; i < nz; i++) {
+        const int jt = r0 + i * P;
+        if (jt >= rows) break;
+        const float yv = su[jt * cpb + ch];
+        const int64_t at = (row0 + jt) * E + ech;
+        y[at] = yv;
+        if (go.z) put_at(go.out, go.out16, at, yv * silu_(zv[i]));
     }
 }
 
@@ -2850,12 +2892,11 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
         LAUNCHED();
         start = st;
     }
-    if (qP)
-        QUAD_LAUNCH(qP, k_scan_out_quad, quad_grid(B, E, qP, nc), quad_smem(qP, N, 2, 2, 0), aw, nc, y, start, sT);
-    else
-        SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
-    return 0;
-}
+    GateOut go{dims->gate_z, dims->ldz, dims->gate_out, dims->gate_out16 != 0};
+    if (qP) {
+        QUAD_LAUNCH(qP, k_scan_out_quad, quad_grid(B, E, qP, nc), quad_smem(qP, N, 2, 2, 0), aw, nc, y, start, sT, go);
+        return 0;
+    }
     SCAN_LAUNCH(Jw, k_scan_out, scan_grid(B, E, Pw, nc), scan_smem(Pw, N, 2, 2, 0), aw, nc, y, start, sT);
     return go.z ? gate_fwd_to(go.out, go.out16, y, go.z, go.ldz, B * T, E) : 0;
 }

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 9
+#define MB_ABI_VERSION 10
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -145,12 +145,19 @@ int mb_negexp(float *a, const float *alog, int64_t n);
  * pre-activation r·W_dtᵀ without its bias (dt_bias, may be NULL; neither is
  * changed) and Δ = softplus(delta + dt_bias); the backward then writes the
  * gradient of that pre-activation where it writes ddelta, and adds its
- * column sums to dbias (may be NULL). */
+ * column sums to dbias (may be NULL). With gate_z != NULL the forward also
+ * does mb_gate_fwd's work: gate_out (B·T, E; bf16 when gate_out16) =
+ * y·silu(z), z = gate_z with row stride ldz. The backward ignores the gate
+ * fields. */
 typedef struct {
     int64_t B, T, E, N, ldbc;
     int64_t dt_raw;
     const float *dt_bias;
     float *dbias;
+    const float *gate_z;
+    int64_t ldz;
+    void *gate_out;
+    int64_t gate_out16;
 } mb_scan_dims;
 
 /* Selective scan forward (see cpu.ScanForward): y (B,T,E); s0, sT (B,E,N)

@@ -79,6 +79,14 @@ type DtScanner interface {
 	ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
 }
 
+// GatedScanner is implemented by DtScanners whose scan can apply the gate
+// as it writes its output: ScanDtGate computes what ScanDt(y, ...) followed
+// by Gate(g, y, z, ldz, B·T, E) computes, y included (the backward reads
+// it). g may be an operand tensor, as Gate's out may.
+type GatedScanner interface {
+	ScanDtGate(g, z Tensor, ldz int, y, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
+}
+
 // ConvRecomputer is implemented by backends for which recomputing the
 // conv's pre-activation in the backward costs less than keeping it (B·T·E
 // values per layer, written once and read once): ConvBackwardRecompute

@@ -23,6 +23,8 @@ type Pass struct {
 	// dts is the backend's dt activation inside the scan, or nil (then
 	// Dt writes Δ for Scan).
 	dts backend.DtScanner
+	// gs, when the DtScanner is one, applies the gate inside the scan.
+	gs backend.GatedScanner
 	// crc, when the backend is one, recomputes the conv's pre-activation
 	// in Backward (layerActs.pre stays nil).
 	crc backend.ConvRecomputer
@@ -81,6 +83,9 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	BT, D, E, N, R, V := B*T, c.DModel, c.DInner(), c.DState, c.Rank(), c.VocabSize
 	p := &Pass{m: m, B: B, T: T, train: train, recompute: recompute}
 	p.dts, _ = m.BE.(backend.DtScanner)
+	if p.dts != nil {
+		p.gs, _ = m.BE.(backend.GatedScanner)
+	}
 	p.crc, _ = m.BE.(backend.ConvRecomputer)
 	nl := 1
 	if train && !recompute {
@@ -294,13 +299,18 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 	}
 	bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
 	ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
-	if p.dts != nil {
+	// 7. g = y ⊙ silu(z)                                               (BT,E)
+	//    (inside the scan with a GatedScanner)
+	z := a.xz.Slice(E, a.xz.Len()-E)
+	switch {
+	case p.gs != nil:
+		p.gs.ScanDtGate(a.g, z, 2*E, a.y, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
+		return
+	case p.dts != nil:
 		p.dts.ScanDt(a.y, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
-	} else {
+	default:
 		be.Scan(a.y, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, s, s, a.ckpt, B, T, E, N)
 	}
-	// 7. g = y ⊙ silu(z)                                               (BT,E)
-	z := a.xz.Slice(E, a.xz.Len()-E)
 	be.Gate(a.g, a.y, z, 2*E, BT, E)
 }
 

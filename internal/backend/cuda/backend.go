@@ -499,6 +499,18 @@ func (be *Backend) ScanDt(y, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a,
 	keep(y, u, raw, dtBias, Bt, Ct, a, dskip, s0, sT, ckpt)
 }
 
+var _ backend.GatedScanner = (*Backend)(nil)
+
+// ScanDtGate is ScanDt followed by Gate: the scan's last kernel applies the
+// gate as it writes y (backend.GatedScanner).
+func (be *Backend) ScanDtGate(g, z backend.Tensor, ldz int, y, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, s0, sT, ckpt backend.Tensor, B, T, E, N int) {
+	pg, hg := ptrOp(g)
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias),
+		gateZ: ptr(z), ldz: i64(ldz), gateOut: pg, gateOut16: int64(hg)}
+	be.l.check("scan", be.l.scanFwd(ptr(y), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(s0), ptr(sT), ptr(ckpt), dims))
+	keep(g, z, y, u, raw, dtBias, Bt, Ct, a, dskip, s0, sT, ckpt)
+}
+
 // ScanDtBackward is ScanBackward followed by DtBackward (backend.DtScanner).
 func (be *Backend) ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
 	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias), dbias: ptr(dbias)}

@@ -20,7 +20,7 @@ const (
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 9
+const abiVersion = 10
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -128,6 +128,10 @@ type scanDims struct {
 	B, T, E, N, ldbc int64
 	dtRaw            int64
 	dtBias, dbias    uintptr
+	gateZ            uintptr
+	ldz              int64
+	gateOut          uintptr
+	gateOut16        int64
 }
 
 var (

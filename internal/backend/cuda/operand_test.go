@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
+	"github.com/mambabyte/mambabyte/internal/backend/cpu"
 	"github.com/mambabyte/mambabyte/internal/backend/cuda"
 )
 
@@ -137,6 +138,28 @@ func TestOperandWriters(t *testing.T) {
 		g := e.operand(rows*E, nil)
 		e.run(func(be backend.Backend, s side) { be.Gate(g.on(s), y.on(s), z.on(s), 2*E, rows, E) })
 		e.checkRounded(fmt.Sprintf("gate rows=%d E=%d out (bf16)", rows, E), g)
+		// The gate inside the scan writes the same operand (rows as B·T
+		// of one sequence, N 16: the four-state kernels; N 5: the others).
+		for _, N := range []int{16, 5} {
+			const R = 3
+			ldbc := R + 2*N
+			xdbl := e.randn(rows*ldbc, 0, 1)
+			bt, ct := bcViews(xdbl, R, N)
+			u, raw, bias := e.randn(rows*E, 0, 1), e.randn(rows*E, -1, 1), e.randn(E, 0, 0.5)
+			a, dskip := scanDecay(e, E, N), e.randn(E, 1, 0.5)
+			ys, gs16 := e.nan(rows*E), e.operand(rows*E, nil)
+			e.run(func(be backend.Backend, s side) {
+				if gs, ok := be.(backend.GatedScanner); ok {
+					gs.ScanDtGate(gs16.on(s), z.on(s), 2*E, ys.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, nil, nil, 1, rows, E, N)
+					return
+				}
+				delta := cpu.New().Alloc(rows * E)
+				be.Dt(delta, raw.on(s), bias.on(s), rows, E)
+				be.Scan(ys.on(s), u.on(s), delta, bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, nil, nil, 1, rows, E, N)
+				be.Gate(gs16.on(s), ys.on(s), z.on(s), 2*E, rows, E)
+			})
+			e.checkRounded(fmt.Sprintf("scan with gate rows=%d E=%d N=%d out (bf16)", rows, E, N), gs16)
+		}
 		// dz into the second half of a (rows, 2E) operand, as the model's dxz.
 		dxz, dy := e.operand(rows*2*E, nil), e.nan(rows*E)
 		dz := dxz.slice(E, rows*2*E-E)

@@ -527,6 +527,22 @@ func TestScanDt(t *testing.T) {
 		e.check("scan dt ckpt "+name, "scan", ckpt, tolFP32)
 		e.check("scan dt raw unchanged "+name, "scan", raw, 0)
 
+		// With the gate inside the scan (GatedScanner): y as before and
+		// g = y·silu(z), z the second half of (B·T, 2E) rows as the model's.
+		xz := e.randn(B*T*2*E, 0, 2)
+		z := xz.slice(E, B*T*2*E-E)
+		yg, g := e.nan(B*T*E), e.nan(B*T*E)
+		e.run(func(be backend.Backend, s side) {
+			if gs, ok := be.(backend.GatedScanner); ok {
+				gs.ScanDtGate(g.on(s), z.on(s), 2*E, yg.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, nil, nil, B, T, E, N)
+				return
+			}
+			be.Scan(yg.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), nil, nil, nil, B, T, E, N)
+			be.Gate(g.on(s), yg.on(s), z.on(s), 2*E, B*T, E)
+		})
+		e.check("scan dt gate y "+name, "scan", yg, tolFP32)
+		e.check("scan dt gate g "+name, "scan", g, tolFP32)
+
 		du, draw := e.nan(B*T*E), e.nan(B*T*E)
 		dxdbl := e.nan(B * T * ldbc)
 		dbt, dct := bcViews(dxdbl, R, N)

@@ -317,7 +317,7 @@ static int allow_smem(F kernel, size_t smem) {
 // partials in order and hands the total to the functor's store.
 
 static const int kMaxChunks = 256;
-static const int kColsumBatch = 32;
+static const int kColsumBatch = 8;
 
 template <class F>
 __global__ void k_colsum_partial(F f, float *part, int64_t rows, int64_t C, int64_t rch) {
@@ -2710,18 +2710,11 @@ __global__ void k_scan_dbc(float *dBt, float *dCt, int64_t ldbc, const float *pa
 }
 
 // dAlog[e,n] += A[e,n]·Σ_k part[k,e,n] over k < K, in order (d(Δ·A)/dA_log = Δ·A).
-// (Few threads, long sums: the partials are loaded kColsumBatch at a time.)
 __global__ void k_scan_dalog(float *dAlog, const float *part, const float *A, int64_t K,
                              int64_t EN) {
     GRID_LOOP(i, EN) {
         float s = 0.f;
-        for (int64_t k0 = 0; k0 < K; k0 += kColsumBatch) {
-            float v[kColsumBatch];
-#pragma unroll
-            for (int j = 0; j < kColsumBatch; j++) v[j] = k0 + j < K ? part[(k0 + j) * EN + i] : 0.f;
-#pragma unroll
-            for (int j = 0; j < kColsumBatch; j++) s += v[j];
-        }
+        for (int64_t k = 0; k < K; k++) s += part[k * EN + i];
         dAlog[i] += s * A[i];
     }
 }

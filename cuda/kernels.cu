@@ -1053,9 +1053,10 @@ extern "C" int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, 
 // dout in registers between the two passes (D <= 32·V); V = 0 reads them
 // again.
 template <int V>
-__global__ void __launch_bounds__(256, 2) k_norm_bwd_rows(float *dx, float *part, const float *dout, const float *x,
-                                const float *w, const float *mean, const float *rstd,
-                                int64_t rows, int64_t D, int64_t rch, int rms, int Q) {
+__global__ void __launch_bounds__(256, 2)
+    k_norm_bwd_rows(float *dx, float *part, const float *dout, const float *x, const float *w,
+                    const float *mean, const float *rstd, int64_t rows, int64_t D, int64_t rch,
+                    int rms, int Q) {
     extern __shared__ float sacc[];
     const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t QD = (int64_t)Q * D;

@@ -1609,8 +1609,7 @@ static void gate_fwd(O *out, const float *y, const float *z, int64_t ldz, int64_
         k_gate_fwd<1><<<gate_grid(rows, E, 1), kThreads, 0, g_stream>>>(out, y, z, ldz, rows, E);
 }
 
-// out16: out is bf16 (a GEMM operand).
-// gate_fwd_to launches the gate into out, bf16 when out16.
+// gate_fwd_to launches the gate into out, bf16 (a GEMM operand) when out16.
 static int gate_fwd_to(void *out, int out16, const float *y, const float *z, int64_t ldz,
                        int64_t rows, int64_t E) {
     if (rows * E <= 0) return 0;

@@ -744,10 +744,11 @@ __global__ void k_pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, 
 // The bf16 copy of the A operand of the last bf16-operand GEMM, and what
 // it was made from. The backward's dW and dX products of a projection
 // take the same A (dh for out_proj; dxz for in_proj, unless it is a bf16
-// operand tensor already) in consecutive calls; the second reuses the copy. It is valid (g_packA_ok) only while nothing
-// but mb_gemm has run since it was made (ENTER drops it) and no GEMM has
-// written over its source since; memory written by other means (NCCL)
-// must not be a GEMM's A operand between two mb_gemm calls.
+// operand tensor already) in consecutive calls; the second reuses the
+// copy. It is valid (g_packA_ok) only while nothing but mb_gemm has run
+// since it was made (ENTER drops it) and no GEMM has written over its
+// source since; memory written by other means (NCCL) must not be a GEMM's
+// A operand between two mb_gemm calls.
 static __nv_bfloat16 *g_packA = nullptr;
 static size_t g_packA_bytes = 0;
 static const float *g_packA_src = nullptr;
@@ -1064,51 +1065,39 @@ __global__ void __launch_bounds__(256, 2)
     for (int64_t c = lane; c < QD; c += 32) acc[c] = 0.f;
     __syncwarp();  // (a lane may add to a column another lane zeroed)
     const int64_t r0 = (int64_t)blockIdx.x * rch, r1 = min(rows, r0 + rch);
+    // The lane's j-th value of a row is column lane + 32·j: nj of them,
+    // a constant with the row in registers.
+    const int nj = V > 0 ? V : (int)((D + 31) / 32);
     for (int64_t r = r0 + warp; r < r1; r += W) {
         const float *xr = x + r * D, *gr = dout + r * D;
         float *dr = dx + r * D;
         const float m = mean ? mean[r] : 0.f, rs = rstd[r];
         float xv[V > 0 ? V : 1], gv[V > 0 ? V : 1];
-        float sg = 0.f, sgx = 0.f;
-        if (V > 0) {
+        if constexpr (V > 0) {
 #pragma unroll
             for (int j = 0; j < V; j++) {
                 const int i = lane + 32 * j;
                 xv[j] = i < D ? xr[i] : 0.f;
                 gv[j] = i < D ? gr[i] : 0.f;
             }
+        }
+        float sg = 0.f, sgx = 0.f;
 #pragma unroll
-            for (int j = 0; j < V; j++) {
-                const int i = lane + 32 * j;
-                if (i < D) {
-                    float g = gv[j] * w[i];
-                    sg += g;
-                    sgx += g * ((xv[j] - m) * rs);
-                }
-            }
-        } else {
-            for (int64_t i = lane; i < D; i += 32) {
-                float g = gr[i] * w[i];
+        for (int j = 0; j < nj; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                const float g = (V > 0 ? gv[j] : gr[i]) * w[i];
                 sg += g;
-                sgx += g * ((xr[i] - m) * rs);
+                sgx += g * (((V > 0 ? xv[j] : xr[i]) - m) * rs);
             }
         }
         const float mg = rms ? 0.f : warp_sum(sg) / (float)D;
         const float mgx = warp_sum(sgx) / (float)D;
-        if (V > 0) {
 #pragma unroll
-            for (int j = 0; j < V; j++) {
-                const int i = lane + 32 * j;
-                if (i < D) {
-                    float xh = (xv[j] - m) * rs, g = gv[j];
-                    dr[i] += rs * (g * w[i] - mg - xh * mgx);
-                    acc[i] += g * xh;
-                    if (Q == 2) acc[D + i] += g;
-                }
-            }
-        } else {
-            for (int64_t i = lane; i < D; i += 32) {
-                float xh = (xr[i] - m) * rs, g = gr[i];
+        for (int j = 0; j < nj; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                const float xh = ((V > 0 ? xv[j] : xr[i]) - m) * rs, g = V > 0 ? gv[j] : gr[i];
                 dr[i] += rs * (g * w[i] - mg - xh * mgx);
                 acc[i] += g * xh;
                 if (Q == 2) acc[D + i] += g;

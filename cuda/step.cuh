@@ -16,16 +16,21 @@
 //   4. k_step_out:  h += g·W_outᵀ                                   (B,D)
 //
 // Kernels 1, 2 and 4 (and the head) are matrix-vector products by rows of
-// a weight: each block first loads the vectors of a tile of streams into shared memory (normalising them in kernel 1, which costs
-// less than a trip through global memory and a launch), then each warp
-// takes rows of the weight, reads them with 16-byte loads, four in flight
-// per lane, and dots them with every stream of the tile. The scan takes a
-// warp per channel and issues all its loads before the first sum. For more
-// than kStepGemvMaxB streams the matrix products go to cuBLAS instead, on
-// operands of the weight's type that small kernels build. The kernels of
+// a weight: each block first loads the vectors of a tile of streams into
+// shared memory (normalising them in kernel 1, which costs less than a
+// trip through global memory and a launch), then each warp takes rows of
+// the weight, reads them with 16-byte loads, four in flight per lane, and
+// dots them with every stream of the tile. The scan takes a warp per
+// channel and issues all its loads before the first sum. The kernels of
 // the step are launched with programmatic dependent launch: each starts
 // while the one before runs, asks L2 for its weights, and only then waits
 // for the activations it needs.
+//
+// That path serves kStepGemvMaxB (one) stream. In bf16 mode 2 to
+// kStepMmaMaxB streams take the same steps on tensor cores, chained the
+// same way (norm, in_proj + conv, x_proj, scan, out_proj; "The tensor-core
+// path" below); more streams, or float32 weights, go to cuBLAS, on
+// operands of the weight's type that small kernels build.
 //
 // Weights are float32 or bf16 (wtype 0 or 1: bf16 copies made by
 // mb_to_bf16); everything else is float32, and products accumulate in
@@ -150,6 +155,16 @@ __device__ __forceinline__ void tile_rows(const W *w, int64_t rows, int64_t cols
 __device__ __forceinline__ void pdl_start() { asm volatile("griddepcontrol.launch_dependents;"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
+// prefetch_l2 asks L2 for the 128-byte line holding p; prefetch_range for
+// every line of the bytes from p.
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+__device__ __forceinline__ void prefetch_range(const void *p, int64_t bytes) {
+    uintptr_t q = (uintptr_t)p & ~(uintptr_t)127, end = (uintptr_t)p + (uintptr_t)bytes;
+    for (; q < end; q += 128) prefetch_l2((const void *)q);
+}
+
 // prefetch_rows asks L2 for the rows of w (rows, cols) that this warp will
 // read in tile_rows, so they stream from memory while the kernels before
 // run.
@@ -160,7 +175,7 @@ __device__ __forceinline__ void prefetch_rows(const W *w, int64_t rows, int64_t 
     for (int64_t r = (int64_t)blockIdx.x * nw + wid; r < rows; r += (int64_t)gridDim.x * nw) {
         const char *row = (const char *)(w + r * cols);
         for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
+            prefetch_l2(row + off);
     }
 }
 
@@ -326,7 +341,7 @@ __global__ void __launch_bounds__(kStepThreads)
     int64_t e = idx - (int64_t)b * E;
     const W *wr = wdt + e * R;
     for (int64_t off = (int64_t)lane * 128; off < (int64_t)R * (int64_t)sizeof(W); off += 32 * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)wr + off));
+        prefetch_l2((const char *)wr + off);
     pdl_wait();
     const float *xr = xdbl + (int64_t)b * ldbc;
     float *s = ssm + idx * N;
@@ -399,82 +414,100 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// The scan step of the cuBLAS path for N = 4·P (P a power of two up to 32):
-// P lanes per channel (b, e), each holding four consecutive states, that
-// also split the channel's dt_proj product r·W_dtᵀ as the one-stream kernel
-// does, so that product needs no GEMM launch of its own. Lanes past the
-// last channel compute channel 0 again and store nothing, so that every
-// shuffle sees a whole warp.
+// The scan step of the many-stream paths for N = 4·P (P a power of two up
+// to 32): P lanes per channel (b, e), each holding four consecutive states,
+// that also split the channel's dt_proj product r·W_dtᵀ as the one-stream
+// kernel does, so that product needs no GEMM launch of its own. Lanes past
+// the last channel compute channel 0 again and store nothing, so that every
+// shuffle sees a whole warp. Threads loop over the channels by the grid's
+// size. vec: rows of xdbl and W_dt are 16-byte aligned and R a multiple
+// of P 16-byte loads, which then carry the rank terms and Bt, Ct. Chained (launched with programmatic dependent launch, in the
+// tensor-core path), the kernel first asks L2 for its states and its
+// channels' weights, which no kernel of the step before it writes. g
+// (float32) may be NULL.
 template <typename W, int P>
 __global__ void __launch_bounds__(kThreads)
     k_step_scan_quad(float *__restrict__ g, W *__restrict__ gw, float *__restrict__ ssm,
                      const float *__restrict__ xz, const float *__restrict__ xdbl, int64_t ldbc,
                      const float *__restrict__ u, const W *__restrict__ wdt,
                      const float *__restrict__ dtb, const float *__restrict__ A,
-                     const float *__restrict__ dskip, int64_t E, int R, int64_t B) {
+                     const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained,
+                     int vec) {
     constexpr int N = 4 * P;
-    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const bool ok = t / P < B * E;
-    const int64_t i = ok ? t / P : 0;  // the channel b·E + e
-    const int l = threadIdx.x % P;
-    const int64_t b = i / E, e = i - b * E;
-    const float *xr = xdbl + b * ldbc;
-    const W *wr = wdt + e * R;
-    float raw = 0.f;
-    for (int r = l; r < R; r += P) raw += Wv<W>::one(wr + r) * xr[r];
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    // Every thread of a warp runs the same iterations (stride and the
+    // bound are multiples of 32).
+    const int64_t end = (B * E * P + 31) & ~(int64_t)31;
+    const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    pdl_start();
+    for (int64_t t = first; chained && t < end; t += stride) {
+        if (t >= B * E * P) break;
+        // Thread t's states are the 16 bytes at ssm + 4t; one thread in
+        // eight covers a 128-byte line.
+        if (t % 8 == 0) prefetch_l2(ssm + 4 * t);
+        const int64_t i = t / P, e = i % E;
+        if (i < E && t % 8 == 0) prefetch_l2(A + 4 * t);
+        if (i < E && t % P == 0) prefetch_range(wdt + e * R, (int64_t)R * sizeof(W));
+    }
+    pdl_wait();
+    for (int64_t t = first; t < end; t += stride) {
+        const bool ok = t / P < B * E;
+        const int64_t i = ok ? t / P : 0;  // the channel b·E + e
+        const int l = threadIdx.x % P;
+        const int64_t b = i / E, e = i - b * E;
+        const float *xr = xdbl + b * ldbc;
+        const W *wr = wdt + e * R;
+        float raw = 0.f;
+        float4 bt, ct;
+        if (vec) {
+            // Lane l takes R/P consecutive rank terms, 16 bytes at a time.
+            constexpr int VW = Wv<W>::n;
+            const int RL = R / P;
+            const W *wp = wr + l * RL;
+            const float *xp = xr + l * RL;
+            for (int k = 0; k < RL; k += VW) {
+                float wv[VW];
+                Wv<W>::load(wp + k, wv);
 #pragma unroll
-    for (int o = 1; o < P; o <<= 1) raw += __shfl_xor_sync(0xffffffffu, raw, o);
-    const float delta = softplus_(raw + (dtb ? dtb[e] : 0.f));
-    const float uu = u[i], du = delta * uu;
-    float *s = ssm + i * N + 4 * l;
-    float4 sv = *(const float4 *)s;
-    const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
-    const float *bt = xr + R + 4 * l, *ct = bt + N;
-    sv.x = expf(delta * av.x) * sv.x + du * bt[0];
-    sv.y = expf(delta * av.y) * sv.y + du * bt[1];
-    sv.z = expf(delta * av.z) * sv.z + du * bt[2];
-    sv.w = expf(delta * av.w) * sv.w + du * bt[3];
-    if (ok) *(float4 *)s = sv;
-    float y = ct[0] * sv.x + ct[1] * sv.y + ct[2] * sv.z + ct[3] * sv.w;
+                for (int q = 0; q < VW / 4; q++) {
+                    const float4 xv = *(const float4 *)(xp + k + 4 * q);
+                    raw += wv[4 * q] * xv.x + wv[4 * q + 1] * xv.y + wv[4 * q + 2] * xv.z +
+                           wv[4 * q + 3] * xv.w;
+                }
+            }
+            bt = *(const float4 *)(xr + R + 4 * l);
+            ct = *(const float4 *)(xr + R + N + 4 * l);
+        } else {
+            for (int r = l; r < R; r += P) raw += Wv<W>::one(wr + r) * xr[r];
+            const float *bp = xr + R + 4 * l, *cp = bp + N;
+            bt = make_float4(bp[0], bp[1], bp[2], bp[3]);
+            ct = make_float4(cp[0], cp[1], cp[2], cp[3]);
+        }
 #pragma unroll
-    for (int o = 1; o < P; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-    if (ok && l == 0) {
-        float out = (y + dskip[e] * uu) * silu_(xz[b * 2 * E + E + e]);
-        g[i] = out;
-        put(gw + i, out);
+        for (int o = 1; o < P; o <<= 1) raw += __shfl_xor_sync(0xffffffffu, raw, o);
+        const float delta = softplus_(raw + (dtb ? dtb[e] : 0.f));
+        const float uu = u[i], du = delta * uu;
+        float *s = ssm + i * N + 4 * l;
+        float4 sv = *(const float4 *)s;
+        const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
+        sv.x = expf(delta * av.x) * sv.x + du * bt.x;
+        sv.y = expf(delta * av.y) * sv.y + du * bt.y;
+        sv.z = expf(delta * av.z) * sv.z + du * bt.z;
+        sv.w = expf(delta * av.w) * sv.w + du * bt.w;
+        if (ok) *(float4 *)s = sv;
+        float y = ct.x * sv.x + ct.y * sv.y + ct.z * sv.z + ct.w * sv.w;
+#pragma unroll
+        for (int o = 1; o < P; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+        if (ok && l == 0) {
+            float out = (y + dskip[e] * uu) * silu_(xz[b * 2 * E + E + e]);
+            if (g) g[i] = out;
+            put(gw + i, out);
+        }
     }
 }
 
-// step_scan_quad runs k_step_scan_quad when N suits it and reports whether
-// it did.
-template <typename W>
-static int step_scan_quad(const mb_step_args *a, W *xw, const W *wdt, int64_t ldbc, bool *done) {
-    int64_t N = a->N, P = N / 4;
-    *done = false;
-    if (N % 4 != 0 || P > 32 || (P & (P - 1)) != 0 || ((uintptr_t)a->ssm % 16) != 0 ||
-        ((uintptr_t)a->neg_a % 16) != 0)
-        return 0;
-    int64_t threads = a->B * a->E * P;
-    dim3 grid((unsigned)((threads + kThreads - 1) / kThreads));
-    auto go = [&](auto kernel) -> int {
-        kernel<<<grid, kThreads, 0, g_stream>>>(a->g, xw, a->ssm, a->xz, a->xdbl, ldbc, a->u, wdt,
-                                                 a->dt_bias, a->neg_a, a->dskip, a->E, (int)a->R,
-                                                 a->B);
-        LAUNCHED();
-        *done = true;
-        return 0;
-    };
-    switch (P) {
-    case 1: return go(k_step_scan_quad<W, 1>);
-    case 2: return go(k_step_scan_quad<W, 2>);
-    case 4: return go(k_step_scan_quad<W, 4>);
-    case 8: return go(k_step_scan_quad<W, 8>);
-    case 16: return go(k_step_scan_quad<W, 16>);
-    default: return go(k_step_scan_quad<W, 32>);
-    }
-}
-
-// The cuBLAS path's operand builders: one block per stream.
+// The cuBLAS path's operand builders: one block per stream. The norm also
+// starts the tensor-core path's chain.
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
                                float eps, int rms, int64_t D) {
@@ -482,6 +515,8 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
     float *xs = (float *)sm_;
     int b = blockIdx.x;
     int ldx = (int)((D + 3) & ~3);
+    pdl_start();  // both no-ops unless launched chained
+    pdl_wait();
     load_tile<1>(xs, ldx, h + (int64_t)b * D, D, 1);
     __syncthreads();
     norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
@@ -501,6 +536,225 @@ __global__ void k_step_conv_op(W *xw, float *u, const float *xz, float *conv, co
         put(xw + i, v);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The tensor-core path: 2 to kStepMmaMaxB streams on bf16 weights.
+//
+// At a few streams the step's products are small matrix products, out
+// (B, rows) = X (B, K)·Wᵀ, each reading W once. cuBLAS's kernels cannot
+// start early and wait inside themselves, so a step built on them pays
+// every launch and every weight fetch in turn. Here they run on mma.sync,
+// chained like the one-stream kernels (each asks L2 for its weights while
+// the kernels before it run), with their epilogues fused: the conv after
+// in_proj, the residual add after out_proj. Per block: norm → in_proj +
+// conv → x_proj → dt + scan + gate → out_proj + residual.
+//
+// k_step_mm: a block owns 16·WM rows of W and a range of K; its 8 warps are
+// WM along the rows by WK = 8/WM along that range, each computing 16 rows
+// for a tile of up to 8·NT streams. A cluster of KS blocks splits K between
+// them. The block stages its X columns in shared memory (cp.async, up to
+// kMmPiece chunks of 32 columns at a time), and each warp reads W straight
+// from global memory in 16-byte loads: for a chunk, lane (g, t) loads
+// columns 8t..8t+7 of rows g and g+8 of W, and of streams g, g+8, … of the
+// staged X. A dot product may visit its columns in any order, so those
+// loads are mma fragments as they stand: columns 8t..8t+3 feed one
+// m16n8k16 step as its k pairs (2t, 2t+1) and (2t+8, 2t+9), columns
+// 8t+4..8t+7 the next. Each warp then stores its partial sums straight into
+// the shared memory of the cluster block that finishes those outputs; that
+// block adds the KS·WK partials in a fixed order (the result does not
+// depend on timing) and hands each sum to the epilogue.
+//
+// (A first version read X from global memory in every warp and pulled the
+// partials with remote loads: L2 traffic and remote-load latency made it
+// slower than cuBLAS at every B.)
+
+static const int kMmWarps = 8;
+static const int kMmMaxKS = 8;  // the largest portable cluster
+
+__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ld_stream reads 16 bytes that this kernel reads once (weights), leaving
+// L1 to what other warps read again.
+__device__ __forceinline__ uint4 ld_stream(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ uint32_t cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// cluster_sync: every thread of the cluster's blocks arrives (releasing its
+// writes) and waits (acquiring theirs).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
+
+// cluster_addr maps a shared-memory address of this block to the same
+// address in block rank of the cluster.
+__device__ __forceinline__ uint32_t cluster_addr(const void *p, uint32_t rank) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+
+// cp_async16 copies 16 bytes from global to shared memory without holding
+// a register, or writes 16 zero bytes when n is 0.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// st_cluster writes v to a shared-memory address of the cluster.
+__device__ __forceinline__ void st_cluster(uint32_t addr, float v) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+
+// Columns of X a block stages in shared memory at once (in chunks of 32),
+// and the bytes of a staged stream row: padded so that a warp's fragment
+// loads (rows g, 16-byte columns t) fall in distinct banks.
+static const int kMmPiece = 8;
+static const int kMmRowBytes = kMmPiece * 32 * 2 + 64;
+
+template <int NT, class Epi>
+__global__ void __launch_bounds__(kMmWarps * 32, 2)
+    k_step_mm(Epi epi, const __nv_bfloat16 *__restrict__ w, int64_t rows, int64_t K,
+              const __nv_bfloat16 *__restrict__ x, int B, int WM, int KS) {
+    extern __shared__ float4 sm_[];
+    constexpr int NB = 8 * NT;
+    char *xs = (char *)sm_;                             // [NB][kMmRowBytes]
+    float *inbox = (float *)(xs + NB * kMmRowBytes);    // [KS·WK][per]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, WK = kMmWarps / WM;
+    const int wm = warp % WM, wk = warp / WM, g = lane >> 2, t = lane & 3;
+    const int rank = (int)cluster_rank();
+    const int BM = 16 * WM;
+    const int64_t tile = blockIdx.x / KS, r0 = tile * BM + 16 * wm;
+    const int s0 = blockIdx.y * NB;
+    const int tot = NB * BM, per = (tot + KS - 1) / KS;
+    // This block's chunks of 32 columns: [cc0, cc1).
+    const int64_t chunks = (K + 31) >> 5;
+    const int64_t cc0 = chunks * rank / KS, cc1 = chunks * (rank + 1) / KS;
+    // Phase one of the cluster barrier: every block of the cluster has
+    // started before any writes to another's shared memory (below).
+    asm volatile("barrier.cluster.arrive.aligned;" ::: "memory");
+    pdl_start();
+    if (wk == 0 && lane < 16 && r0 + lane < rows && cc1 > cc0)
+        prefetch_range(w + (r0 + lane) * K + 32 * cc0, (min(32 * cc1, K) - 32 * cc0) * 2);
+    pdl_wait();
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    const bool va = r0 + g < rows, vb = r0 + g + 8 < rows;
+    const __nv_bfloat16 *wa = w + (va ? r0 + g : 0) * K, *wb = w + (vb ? r0 + g + 8 : 0) * K;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int64_t p0 = cc0; p0 < cc1; p0 += kMmPiece) {
+        const int pc = (int)min((int64_t)kMmPiece, cc1 - p0);
+        __syncthreads();  // the piece before is consumed
+        for (int i = threadIdx.x; i < NB * pc * 4; i += blockDim.x) {
+            const int s = i / (pc * 4), q = i - s * (pc * 4);
+            const int64_t col = 32 * p0 + 8 * q;
+            const bool ok = s0 + s < B && col < K;
+            cp_async16(xs + s * kMmRowBytes + 16 * q, ok ? x + (int64_t)(s0 + s) * K + col : x,
+                       ok ? 16 : 0);
+        }
+        cp_async_wait();
+        __syncthreads();
+#pragma unroll 4
+        for (int c = wk; c < pc; c += WK) {
+            int64_t col = 32 * (p0 + c) + 8 * t;
+            const bool vc = col < K;
+            col = vc ? col : 0;  // addresses stay in bounds
+            const uint4 a0 = vc && va ? ld_stream(wa + col) : zero;
+            const uint4 a1 = vc && vb ? ld_stream(wb + col) : zero;
+            const char *xc = xs + g * kMmRowBytes + 64 * c + 16 * t;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const uint4 xv = *(const uint4 *)(xc + 8 * j * kMmRowBytes);
+                mma_bf16(acc[j], a0.x, a1.x, a0.y, a1.y, xv.x, xv.y);
+                mma_bf16(acc[j], a0.z, a1.z, a0.w, a1.w, xv.z, xv.w);
+            }
+        }
+    }
+    // acc[j] holds rows g and g+8 for streams 8j+2t and 8j+2t+1: output
+    // o = stream·BM + row of the tile, which block o / per of the cluster
+    // finishes; it goes to that block's inbox, slot (rank·WK + wk, o % per).
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+    float *mine = inbox + (rank * WK + wk) * per;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int h = 0; h < 4; h++) {
+            const int o = (8 * j + 2 * t + (h & 1)) * BM + 16 * wm + g + 8 * (h >> 1);
+            const int q = o / per;
+            st_cluster(cluster_addr(mine + (o - q * per), q), acc[j][h]);
+        }
+    }
+    cluster_sync();
+    const int nsrc = KS * WK, o0 = rank * per, o1 = min(tot, o0 + per);
+#pragma unroll 4
+    for (int o = o0 + (int)threadIdx.x; o < o1; o += blockDim.x) {
+        float v = 0.f;
+#pragma unroll 8
+        for (int k = 0; k < nsrc; k++) v += inbox[k * per + (o - o0)];
+        const int s = o / BM;
+        const int64_t row = tile * BM + (o - s * BM);
+        if (row < rows && s0 + s < B) epi(row, s0 + s, v);
+    }
+}
+
+// The epilogues. in_proj: for rows e < E the conv of channel e follows, u
+// to float32 and to a bf16 copy (x_proj's operand); rows from E on are z.
+struct EpiIn {
+    float *xz, *u, *conv;
+    __nv_bfloat16 *ub;
+    const float *cw, *cb;
+    int64_t E;
+    int K;
+    __device__ __forceinline__ void operator()(int64_t r, int b, float v) const {
+        if (r < E) {
+            float uu = conv_step(conv + (int64_t)b * (K - 1) * E, v, cw, cb, r, E, K);
+            u[(int64_t)b * E + r] = uu;
+            ub[(int64_t)b * E + r] = __float2bfloat16_rn(uu);
+        } else {
+            xz[(int64_t)b * 2 * E + r] = v;
+        }
+    }
+};
+
+// out (B, ld) = the product (x_proj, the head).
+struct EpiStore {
+    float *out;
+    int64_t ld;
+    __device__ __forceinline__ void operator()(int64_t r, int b, float v) const {
+        out[(int64_t)b * ld + r] = v;
+    }
+};
+
+// h (B, ld) += the product (out_proj).
+struct EpiAdd {
+    float *h;
+    int64_t ld;
+    __device__ __forceinline__ void operator()(int64_t r, int b, float v) const {
+        h[(int64_t)b * ld + r] += v;
+    }
+};
 
 // ---------------------------------------------------------------------------
 // Launchers.
@@ -531,18 +785,18 @@ static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid,
     return 0;
 }
 
-// launch_ex launches kernel on the library's stream with one launch
-// attribute.
+// launch_ex launches kernel on the library's stream with n launch
+// attributes.
 template <typename... KArgs, typename... Args>
-static int launch_ex(cudaLaunchAttribute attr, void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                     size_t smem, Args... args) {
+static int launch_ex(const cudaLaunchAttribute *attrs, int n, void (*kernel)(KArgs...),
+                     dim3 grid, dim3 block, size_t smem, Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = g_stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
+    cfg.attrs = (cudaLaunchAttribute *)attrs;
+    cfg.numAttrs = (unsigned)n;
     CK(cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...));
     return 0;
 }
@@ -556,7 +810,7 @@ static int launch_pdl(void (*kernel)(KArgs...), dim3 grid, size_t smem, Args... 
     cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
-    return launch_ex(attr, kernel, grid, dim3(kStepThreads), smem, args...);
+    return launch_ex(&attr, 1, kernel, grid, dim3(kStepThreads), smem, args...);
 }
 
 template <typename W>
@@ -655,6 +909,155 @@ static int step_norm_gemm(float *out, int64_t ldo, W *xw, const float *h, const 
     return step_gemm(out, ldo, (const W *)xw, w, rows, D, B, 0.f);
 }
 
+// scan_quad_ok says whether k_step_scan_quad can run the step's scan.
+static bool scan_quad_ok(const mb_step_args *a) {
+    int64_t N = a->N, P = N / 4;
+    return N % 4 == 0 && P <= 32 && (P & (P - 1)) == 0 && (uintptr_t)a->ssm % 16 == 0 &&
+           (uintptr_t)a->neg_a % 16 == 0;
+}
+
+// step_scan_quad runs k_step_scan_quad when N suits it and reports whether
+// it did. chained: launched with programmatic dependent launch on a grid
+// that fits the GPU at once (so that all of it prefetches), writing the
+// gated output only to gw.
+template <typename W>
+static int step_scan_quad(const mb_step_args *a, W *gw, const W *wdt, int64_t ldbc, bool chained,
+                          bool *done) {
+    int64_t N = a->N, P = N / 4;
+    *done = false;
+    if (!scan_quad_ok(a)) return 0;
+    int64_t threads = a->B * a->E * P;
+    int64_t blocks = (threads + kThreads - 1) / kThreads;
+    if (chained && blocks > 4 * (int64_t)g_step_sms) blocks = 4 * (int64_t)g_step_sms;
+    dim3 grid((unsigned)blocks);
+    const int vec = ldbc % 4 == 0 && a->R % (P * Wv<W>::n) == 0 && (uintptr_t)a->xdbl % 16 == 0 &&
+                    (uintptr_t)wdt % 16 == 0;
+    auto go = [&](auto kernel) -> int {
+        if (chained) {
+            if (launch_pdl(kernel, grid, 0, (float *)nullptr, gw, a->ssm, a->xz, a->xdbl, ldbc,
+                           a->u, wdt, a->dt_bias, a->neg_a, a->dskip, a->E, (int)a->R, a->B, 1,
+                           vec))
+                return 1;
+        } else {
+            kernel<<<grid, kThreads, 0, g_stream>>>(a->g, gw, a->ssm, a->xz, a->xdbl, ldbc, a->u,
+                                                     wdt, a->dt_bias, a->neg_a, a->dskip, a->E,
+                                                     (int)a->R, a->B, 0, vec);
+        }
+        LAUNCHED();
+        *done = true;
+        return 0;
+    };
+    switch (P) {
+    case 1: return go(k_step_scan_quad<W, 1>);
+    case 2: return go(k_step_scan_quad<W, 2>);
+    case 4: return go(k_step_scan_quad<W, 4>);
+    case 8: return go(k_step_scan_quad<W, 8>);
+    case 16: return go(k_step_scan_quad<W, 16>);
+    default: return go(k_step_scan_quad<W, 32>);
+    }
+}
+
+// step_mm runs k_step_mm for out = X (B, K)·Wᵀ, W (rows, K), handing each
+// sum to epi. The shape of its blocks: the most rows per block (X is read
+// from L2 once per block) that still give about kMmWaves blocks per SM
+// with at most kMmMaxKS blocks along K and at least a chunk of 32 columns
+// per warp. (Two blocks an SM measured faster than one or three.)
+static const int kMmWaves = 2;
+template <class Epi>
+static int step_mm(Epi epi, const __nv_bfloat16 *w, int64_t rows, int64_t K,
+                   const __nv_bfloat16 *x, int64_t B) {
+    if (!g_step_sms) CK(cudaDeviceGetAttribute(&g_step_sms, cudaDevAttrMultiProcessorCount, g_device));
+    const int NT = B <= 8 ? 1 : B <= 16 ? 2 : B <= 32 ? 4 : 8;
+    const int64_t chunks = (K + 31) / 32;
+    int WM = 1, KS = 1;
+    int64_t tiles = 1;
+    for (int wm = kMmWarps; wm >= 1; wm /= 2) {
+        int64_t tl = (rows + 16 * wm - 1) / (16 * wm);
+        int64_t ks = kMmWaves * g_step_sms / tl, most = chunks / (kMmWarps / wm);
+        if (ks > kMmMaxKS) ks = kMmMaxKS;
+        if (ks > most) ks = most;
+        if (ks < 1) ks = 1;
+        WM = wm, KS = (int)ks, tiles = tl;
+        if (tl * ks >= kMmWaves * g_step_sms * 3 / 4) break;
+    }
+    const int64_t ytiles = (B + 8 * NT - 1) / (8 * NT);
+    if (tiles * KS > INT32_MAX || ytiles > 65535) {
+        set_err("step: %lld rows for %lld streams is too many", (long long)rows, (long long)B);
+        return 1;
+    }
+    const int tot = 8 * NT * 16 * WM, per = (tot + KS - 1) / KS;
+    const size_t smem = (size_t)8 * NT * kMmRowBytes +
+                        (size_t)KS * (kMmWarps / WM) * per * sizeof(float);
+    const dim3 grid((unsigned)(tiles * KS), (unsigned)ytiles);
+    cudaLaunchAttribute attrs[2] = {};
+    attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[0].val.programmaticStreamSerializationAllowed = 1;
+    attrs[1].id = cudaLaunchAttributeClusterDimension;
+    attrs[1].val.clusterDim.x = (unsigned)KS;
+    attrs[1].val.clusterDim.y = 1;
+    attrs[1].val.clusterDim.z = 1;
+    auto go = [&](auto kernel) -> int {
+        if (allow_smem(kernel, smem)) return 1;
+        if (launch_ex(attrs, 2, kernel, grid, dim3(kMmWarps * 32), smem, epi, w, rows, K, x,
+                      (int)B, WM, KS))
+            return 1;
+        LAUNCHED();
+        return 0;
+    };
+    switch (NT) {
+    case 1: return go(k_step_mm<1, Epi>);
+    case 2: return go(k_step_mm<2, Epi>);
+    case 4: return go(k_step_mm<4, Epi>);
+    default: return go(k_step_mm<8, Epi>);
+    }
+}
+
+// step_mma_ok says whether the tensor-core path runs a step of B streams
+// with these sizes. It does for 2 to kStepMmaMaxB streams, where it is
+// faster than cuBLAS (BENCHMARKS.md); MAMBABYTE_CUDA_STEP_MMA=0 turns it
+// off and =all on for every B >= 2 (for tests and comparisons).
+static const int64_t kStepMmaMaxB = 16;
+
+static bool step_mma_ok(int64_t B, int64_t D, int64_t E, int wtype) {
+    const char *v = getenv("MAMBABYTE_CUDA_STEP_MMA");
+    if (v && strcmp(v, "0") == 0) return false;
+    int64_t most = v && strcmp(v, "all") == 0 ? INT64_MAX : kStepMmaMaxB;
+    return wtype == 1 && B > kStepGemvMaxB && B <= most && D % 8 == 0 && E % 8 == 0 &&
+           (size_t)D * sizeof(float) <= kStepTileBytes;
+}
+
+// step_norm_pdl writes the normalised h (B, D) to xa as bf16, chained.
+static int step_norm_pdl(__nv_bfloat16 *xa, const float *h, const float *nw, const float *nb,
+                         float eps, int rms, int64_t D, int64_t B) {
+    size_t smem = (size_t)D * sizeof(float);
+    if (allow_smem(k_step_norm_op<__nv_bfloat16>, smem)) return 1;
+    if (launch_pdl(k_step_norm_op<__nv_bfloat16>, dim3((unsigned)B), smem, xa, h, nw, nb, eps,
+                   rms, D))
+        return 1;
+    LAUNCHED();
+    return 0;
+}
+
+// step_block_mma is the tensor-core path's block. Scratch: xw (bf16) holds
+// the normalised h, then the scan's gated output; g (float32, B·E) holds
+// the bf16 copy of u.
+static int step_block_mma(const mb_step_args *a) {
+    typedef __nv_bfloat16 bf;
+    const int64_t B = a->B, D = a->D, E = a->E, J = a->R + 2 * a->N;
+    bf *xa = (bf *)a->xw, *ub = (bf *)a->g;
+    if (step_norm_pdl(xa, a->h, a->norm_w, a->norm_b, a->eps, a->rms, D, B)) return 1;
+    EpiIn in = {a->xz, a->u, a->conv, ub, a->conv_w, a->conv_b, E, (int)a->K};
+    if (step_mm(in, (const bf *)a->in_proj, 2 * E, D, xa, B)) return 1;
+    if (step_mm(EpiStore{a->xdbl, J}, (const bf *)a->x_proj, J, E, ub, B)) return 1;
+    bool done;
+    if (step_scan_quad(a, xa, (const bf *)a->dt_proj, J, true, &done)) return 1;
+    if (!done) {
+        set_err("step: the tensor-core path needs N = 4·2^k");
+        return 1;
+    }
+    return step_mm(EpiAdd{a->h, D}, (const bf *)a->out_proj, D, E, xa, B);
+}
+
 template <typename W>
 static int step_block(const mb_step_args *a) {
     int64_t B = a->B, D = a->D, E = a->E, N = a->N, R = a->R;
@@ -662,6 +1065,7 @@ static int step_block(const mb_step_args *a) {
     const W *win = (const W *)a->in_proj, *wx = (const W *)a->x_proj,
             *wdt = (const W *)a->dt_proj, *wout = (const W *)a->out_proj;
     W *xw = (W *)a->xw;
+    if (step_mma_ok(B, D, E, a->wtype) && scan_quad_ok(a)) return step_block_mma(a);
     if (B <= kStepGemvMaxB) {
         if (step_in(a, win)) return 1;
         if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
@@ -682,7 +1086,7 @@ static int step_block(const mb_step_args *a) {
     LAUNCHED();
     if (step_gemm(a->xdbl, ldbc, (const W *)xw, wx, ldbc, E, B, 0.f)) return 1;
     bool done;
-    if (step_scan_quad(a, xw, wdt, ldbc, &done)) return 1;
+    if (step_scan_quad(a, xw, wdt, ldbc, false, &done)) return 1;
     if (done) return step_gemm(a->h, D, (const W *)xw, wout, D, E, B, 1.f);
     // g = r·W_dtᵀ in float32 (r is a column slice of xdbl, row stride ldbc).
     float one = 1.f, zero = 0.f;
@@ -735,6 +1139,11 @@ extern "C" int mb_step_head(float *logits, const float *h, const float *norm_w,
             return step_head(logits, h, norm_w, norm_b, eps, rms, (const __nv_bfloat16 *)head, D,
                              V, (int)B);
         return step_head(logits, h, norm_w, norm_b, eps, rms, (const float *)head, D, V, (int)B);
+    }
+    if (step_mma_ok(B, D, D, wtype)) {
+        if (step_norm_pdl((__nv_bfloat16 *)xw, h, norm_w, norm_b, eps, rms, D, B)) return 1;
+        return step_mm(EpiStore{logits, V}, (const __nv_bfloat16 *)head, V, D,
+                       (const __nv_bfloat16 *)xw, B);
     }
     if (wtype == 1)
         return step_norm_gemm(logits, V, (__nv_bfloat16 *)xw, h, norm_w, norm_b, eps, rms,

@@ -689,7 +689,7 @@ extern "C" int mb_step_whole(const mb_whole_shape *s, const void *weights, float
     cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;
-    if (launch_ex(attr, k_step_whole, dim3((unsigned)G), dim3(kWholeThreads), smem, p)) return 1;
+    if (launch_ex(&attr, 1, k_step_whole, dim3((unsigned)G), dim3(kWholeThreads), smem, p)) return 1;
     LAUNCHED();
     return 0;
 }

@@ -13,7 +13,10 @@ import (
 // gives the CPU's logits, over steps that run directly and from CUDA
 // graphs, for every test configuration and one wide enough to exercise
 // the vector loops' tails, and for stream counts on both sides of the
-// switch from its own matrix-vector kernels to cuBLAS.
+// switch from its own matrix-vector kernels to the many-stream paths.
+// In bf16 mode those are the tensor-core kernels (by default up to 16
+// streams; with MAMBABYTE_CUDA_STEP_MMA=all for any number, 70 taking two
+// tiles of 64) and cuBLAS (above 16, or all with =0); each is checked.
 //
 // One stream in bf16 mode runs block by block, and with
 // MAMBABYTE_CUDA_WHOLE=1 or global through the one-kernel step
@@ -24,16 +27,15 @@ import (
 // the CPU model with the same matrices rounded to bf16 (roundMatrices),
 // and only where that is the whole difference: an untied head (a tied
 // one would round the embedding the CPU looks up, which the GPU does
-// not) and one stream (more go through cuBLAS, which also rounds the
-// activations; the bf16 GEMM tests cover that).
+// not) and one stream (the many-stream paths also round the activations).
 func TestFusedStep(t *testing.T) {
 	cfgs := modelConfigs()
 	wide := cfgs["d96"]
 	wide.DModel = 264 // E 528, R 17: tails in every 16-byte loop
 	wide.TieEmbeddings = false
 	cfgs["d264-untied"] = wide
-	// Two layers of the 353M and 972M models, one stream: the one-kernel
-	// step with many channels per block, staged and (972M) not.
+	// Two layers of the 353M and 972M models: the one-kernel step with many
+	// channels per block, staged and (972M) not, and the tensor-core path.
 	for name, d := range map[string]int{"353m-layers": 1024, "972m-layers": 1792} {
 		c := model.DefaultConfig()
 		c.DModel, c.NLayer, c.TieEmbeddings = d, 2, false
@@ -41,17 +43,30 @@ func TestFusedStep(t *testing.T) {
 	}
 	for _, prec := range precisions(t) {
 		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "353m-layers", "972m-layers"} {
-			for _, B := range []int{1, 2, 3, 9, 64} {
-				if strings.HasSuffix(name, "-layers") && (B > 1 || prec.name == "fp32") {
-					continue // they are here for the one-kernel step (bf16, one stream)
+			for _, B := range []int{1, 2, 3, 9, 64, 70} {
+				if strings.HasSuffix(name, "-layers") && (B > 2 || prec.name == "fp32") {
+					// They are here for the one-kernel step (bf16, one
+					// stream) and for the tensor-core kernels at the
+					// models' widths (two streams; 972M's products stage
+					// their columns in more than one piece).
+					continue
 				}
 				if prec.name == "bf16-perturbed" && (B > 1 || cfgs[name].TieEmbeddings) {
 					continue
 				}
-				if B > 1 || prec.name == "fp32" {
+				if prec.name == "fp32" {
 					t.Run(fmt.Sprintf("%s/%s/B%d", prec.name, name, B), func(t *testing.T) {
 						fusedStep(t, prec, cfgs[name], B)
 					})
+					continue
+				}
+				if B > 1 {
+					for _, mma := range []string{"", "0", "all"} {
+						t.Run(fmt.Sprintf("%s/%s/B%d/mma=%q", prec.name, name, B, mma), func(t *testing.T) {
+							t.Setenv("MAMBABYTE_CUDA_STEP_MMA", mma)
+							fusedStep(t, prec, cfgs[name], B)
+						})
+					}
 					continue
 				}
 				// One stream in bf16: the step block by block (the

@@ -1065,7 +1065,9 @@ static int step_block(const mb_step_args *a) {
     const W *win = (const W *)a->in_proj, *wx = (const W *)a->x_proj,
             *wdt = (const W *)a->dt_proj, *wout = (const W *)a->out_proj;
     W *xw = (W *)a->xw;
-    if (step_mma_ok(B, D, E, a->wtype) && scan_quad_ok(a)) return step_block_mma(a);
+    if (step_mma_ok(B, D, E, a->wtype) && scan_quad_ok(a) && aligned16(a->in_proj) &&
+        aligned16(a->x_proj) && aligned16(a->out_proj) && aligned16(a->xw) && aligned16(a->g))
+        return step_block_mma(a);
     if (B <= kStepGemvMaxB) {
         if (step_in(a, win)) return 1;
         if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
@@ -1140,7 +1142,7 @@ extern "C" int mb_step_head(float *logits, const float *h, const float *norm_w,
                              V, (int)B);
         return step_head(logits, h, norm_w, norm_b, eps, rms, (const float *)head, D, V, (int)B);
     }
-    if (step_mma_ok(B, D, D, wtype)) {
+    if (step_mma_ok(B, D, D, wtype) && aligned16(head) && aligned16(xw)) {
         if (step_norm_pdl((__nv_bfloat16 *)xw, h, norm_w, norm_b, eps, rms, D, B)) return 1;
         return step_mm(EpiStore{logits, V}, (const __nv_bfloat16 *)head, V, D,
                        (const __nv_bfloat16 *)xw, B);

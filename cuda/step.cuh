@@ -445,9 +445,10 @@ __global__ void __launch_bounds__(kThreads)
         // Thread t's states are the 16 bytes at ssm + 4t; one thread in
         // eight covers a 128-byte line.
         if (t % 8 == 0) prefetch_l2(ssm + 4 * t);
-        const int64_t i = t / P, e = i % E;
+        // Stream 0's threads (channel i = e < E) ask for the weights.
+        const int64_t i = t / P;
         if (i < E && t % 8 == 0) prefetch_l2(A + 4 * t);
-        if (i < E && t % P == 0) prefetch_range(wdt + e * R, (int64_t)R * sizeof(W));
+        if (i < E && t % P == 0) prefetch_range(wdt + i * R, (int64_t)R * sizeof(W));
     }
     pdl_wait();
     for (int64_t t = first; t < end; t += stride) {
@@ -759,13 +760,10 @@ struct EpiAdd {
 // ---------------------------------------------------------------------------
 // Launchers.
 
-static int g_step_sms = 0;
-
 // step_geometry picks the stream tile SB (1, 2, 4 or 8: the smallest that
 // holds B, at most kStepGemvMaxB, or what the shared memory allows) for
 // vectors of cols values and the number of blocks along the rows.
 static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid, size_t *smem) {
-    if (!g_step_sms) CK(cudaDeviceGetAttribute(&g_step_sms, cudaDevAttrMultiProcessorCount, g_device));
     size_t row = (size_t)((cols + 3) & ~3) * sizeof(float);
     int sb = 1;
     while (sb < 8 && sb < kStepGemvMaxB && sb < B && (size_t)(2 * sb) * row <= kStepTileBytes)
@@ -775,7 +773,7 @@ static int step_geometry(int64_t cols, int64_t rows, int B, int *SB, dim3 *grid,
         return 1;
     }
     int tiles = (B + sb - 1) / sb;
-    int64_t want = (4 * (int64_t)g_step_sms + tiles - 1) / tiles;
+    int64_t want = (4 * (int64_t)g_sms + tiles - 1) / tiles;
     int64_t most = (rows + kStepThreads / 32 - 1) / (kStepThreads / 32);
     int64_t bx = want < most ? want : most;
     if (bx < 1) bx = 1;
@@ -928,7 +926,7 @@ static int step_scan_quad(const mb_step_args *a, W *gw, const W *wdt, int64_t ld
     if (!scan_quad_ok(a)) return 0;
     int64_t threads = a->B * a->E * P;
     int64_t blocks = (threads + kThreads - 1) / kThreads;
-    if (chained && blocks > 4 * (int64_t)g_step_sms) blocks = 4 * (int64_t)g_step_sms;
+    if (chained && blocks > 4 * (int64_t)g_sms) blocks = 4 * (int64_t)g_sms;
     dim3 grid((unsigned)blocks);
     const int vec = ldbc % 4 == 0 && a->R % (P * Wv<W>::n) == 0 && (uintptr_t)a->xdbl % 16 == 0 &&
                     (uintptr_t)wdt % 16 == 0;
@@ -966,19 +964,18 @@ static const int kMmWaves = 2;
 template <class Epi>
 static int step_mm(Epi epi, const __nv_bfloat16 *w, int64_t rows, int64_t K,
                    const __nv_bfloat16 *x, int64_t B) {
-    if (!g_step_sms) CK(cudaDeviceGetAttribute(&g_step_sms, cudaDevAttrMultiProcessorCount, g_device));
     const int NT = B <= 8 ? 1 : B <= 16 ? 2 : B <= 32 ? 4 : 8;
     const int64_t chunks = (K + 31) / 32;
     int WM = 1, KS = 1;
     int64_t tiles = 1;
     for (int wm = kMmWarps; wm >= 1; wm /= 2) {
         int64_t tl = (rows + 16 * wm - 1) / (16 * wm);
-        int64_t ks = kMmWaves * g_step_sms / tl, most = chunks / (kMmWarps / wm);
+        int64_t ks = kMmWaves * g_sms / tl, most = chunks / (kMmWarps / wm);
         if (ks > kMmMaxKS) ks = kMmMaxKS;
         if (ks > most) ks = most;
         if (ks < 1) ks = 1;
         WM = wm, KS = (int)ks, tiles = tl;
-        if (tl * ks >= kMmWaves * g_step_sms * 3 / 4) break;
+        if (tl * ks >= kMmWaves * g_sms * 3 / 4) break;
     }
     const int64_t ytiles = (B + 8 * NT - 1) / (8 * NT);
     if (tiles * KS > INT32_MAX || ytiles > 65535) {
@@ -1049,12 +1046,8 @@ static int step_block_mma(const mb_step_args *a) {
     EpiIn in = {a->xz, a->u, a->conv, ub, a->conv_w, a->conv_b, E, (int)a->K};
     if (step_mm(in, (const bf *)a->in_proj, 2 * E, D, xa, B)) return 1;
     if (step_mm(EpiStore{a->xdbl, J}, (const bf *)a->x_proj, J, E, ub, B)) return 1;
-    bool done;
+    bool done;  // always: step_block checked scan_quad_ok
     if (step_scan_quad(a, xa, (const bf *)a->dt_proj, J, true, &done)) return 1;
-    if (!done) {
-        set_err("step: the tensor-core path needs N = 4·2^k");
-        return 1;
-    }
     return step_mm(EpiAdd{a->h, D}, (const bf *)a->out_proj, D, E, xa, B);
 }
 

@@ -77,6 +77,35 @@ struct Wv<__nv_bfloat16> {
     }
 };
 
+// Wq moves four consecutive weights (8 or 16 bytes, aligned so): load
+// reads them from shared memory as float, copy from global memory to
+// shared memory as they are.
+template <typename W>
+struct Wq;
+
+template <>
+struct Wq<float> {
+    __device__ static __forceinline__ void load(const float *p, float *o) {
+        const float4 v = *(const float4 *)p;
+        o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+    }
+    __device__ static __forceinline__ void copy(float *dst, const float *src) {
+        *(float4 *)dst = __ldg((const float4 *)src);
+    }
+};
+
+template <>
+struct Wq<__nv_bfloat16> {
+    __device__ static __forceinline__ void load(const __nv_bfloat16 *p, float *o) {
+        const uint2 v = *(const uint2 *)p;
+        o[0] = __uint_as_float(v.x << 16), o[1] = __uint_as_float(v.x & 0xffff0000u);
+        o[2] = __uint_as_float(v.y << 16), o[3] = __uint_as_float(v.y & 0xffff0000u);
+    }
+    __device__ static __forceinline__ void copy(__nv_bfloat16 *dst, const __nv_bfloat16 *src) {
+        *(uint2 *)dst = __ldg((const uint2 *)src);
+    }
+};
+
 // Operand stores for the cuBLAS path (a float32 value as the weight's type)
 // use kernels.cu's put.
 
@@ -415,92 +444,118 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The scan step of the many-stream paths for N = 4·P (P a power of two up
-// to 32): P lanes per channel (b, e), each holding four consecutive states,
-// that also split the channel's dt_proj product r·W_dtᵀ as the one-stream
-// kernel does, so that product needs no GEMM launch of its own. Lanes past
-// the last channel compute channel 0 again and store nothing, so that every
-// shuffle sees a whole warp. Threads loop over the channels by the grid's
-// size. vec: rows of xdbl and W_dt are 16-byte aligned and R a multiple
-// of P 16-byte loads, which then carry the rank terms and Bt, Ct. Chained (launched with programmatic dependent launch, in the
-// tensor-core path), the kernel first asks L2 for its states and its
-// channels' weights, which no kernel of the step before it writes. g
-// (float32) may be NULL.
-template <typename W, int P>
-__global__ void __launch_bounds__(kThreads)
+// to 32): P lanes a channel, each holding four consecutive states, the
+// lanes splitting the channel's dt_proj product r·W_dtᵀ too (so that
+// product needs no GEMM launch of its own); a block of CH channels takes SB
+// streams. The block stages in shared memory its channels' rows of W_dt and
+// its streams' rows of xdbl (the rank terms r, then Bt and Ct), and each
+// lane keeps its share of A, the dt bias and Dskip in registers, so W_dt
+// and xdbl are read from L2 once a block instead of once a channel and
+// stream. All loads are issued before the block's one barrier, and the
+// kernel fits four blocks an SM, so that the states of a whole grid's
+// streams are asked for at once. Lane l takes the rank terms in groups of
+// four, groups l, l+P, l+2P... (the rank padded with zeros to Rp, a
+// multiple of 4·P); W_dt is staged group-major ([G][CH][P][4]), so the
+// lanes of a warp read neighbouring words, and the P lanes of a channel
+// neighbouring 16-byte words of xdbl's row. Chained (launched with
+// programmatic dependent launch, in the tensor-core path), the block asks
+// L2 for its states and stages W_dt before it waits for the kernels before
+// it. g (float32) may be NULL.
+static const int kScanMaxSB = 4;  // 8 would spill registers
+
+// scan_quad_smem is its shared memory: W_dt's rows for the block's
+// channels, then the SB staged rows of xdbl.
+static size_t scan_quad_smem(int64_t R, int64_t P, int threads, int sb, int wtype) {
+    const int64_t Rp = (R + 4 * P - 1) / (4 * P) * (4 * P), ch = threads / P;
+    const size_t wbytes = (size_t)(ch * Rp) * (wtype == 1 ? 2 : 4);
+    return (wbytes + 15) / 16 * 16 + (size_t)sb * (Rp + 8 * P) * sizeof(float);
+}
+
+template <typename W, int P, int SB>
+__global__ void __launch_bounds__(kStepThreads, 4)
     k_step_scan_quad(float *__restrict__ g, W *__restrict__ gw, float *__restrict__ ssm,
                      const float *__restrict__ xz, const float *__restrict__ xdbl, int64_t ldbc,
                      const float *__restrict__ u, const W *__restrict__ wdt,
                      const float *__restrict__ dtb, const float *__restrict__ A,
-                     const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained,
-                     int vec) {
+                     const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained) {
     constexpr int N = 4 * P;
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    // Every thread of a warp runs the same iterations (stride and the
-    // bound are multiples of 32).
-    const int64_t end = (B * E * P + 31) & ~(int64_t)31;
-    const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    extern __shared__ float4 sm_[];
+    const int G = (R + 4 * P - 1) / (4 * P), Rp = 4 * P * G, J = Rp + 2 * N;
+    const int CH = blockDim.x / P, c = threadIdx.x / P, l = threadIdx.x % P;
+    W *ws = (W *)sm_;                                                        // [G][CH][P][4]
+    float *xs = (float *)sm_ + ((size_t)CH * Rp * sizeof(W) + 15) / 16 * 4;  // [SB][Rp + 2N]
+    const int64_t e0 = (int64_t)blockIdx.x * CH, ec = e0 + c;
+    const bool eok = ec < E;
+    const int64_t e = eok ? ec : E - 1;  // lanes past E compute, store nothing
+    const int64_t b0 = (int64_t)blockIdx.y * SB;
+    const int nb = (int)min((int64_t)SB, B - b0);
     pdl_start();
-    for (int64_t t = first; chained && t < end; t += stride) {
-        if (t >= B * E * P) break;
-        // Thread t's states are the 16 bytes at ssm + 4t; one thread in
-        // eight covers a 128-byte line.
-        if (t % 8 == 0) prefetch_l2(ssm + 4 * t);
-        // Stream 0's threads (channel i = e < E) ask for the weights.
-        const int64_t i = t / P;
-        if (i < E && t % 8 == 0) prefetch_l2(A + 4 * t);
-        if (i < E && t % P == 0) prefetch_range(wdt + i * R, (int64_t)R * sizeof(W));
-    }
-    pdl_wait();
-    for (int64_t t = first; t < end; t += stride) {
-        const bool ok = t / P < B * E;
-        const int64_t i = ok ? t / P : 0;  // the channel b·E + e
-        const int l = threadIdx.x % P;
-        const int64_t b = i / E, e = i - b * E;
-        const float *xr = xdbl + b * ldbc;
-        const W *wr = wdt + e * R;
-        float raw = 0.f;
-        float4 bt, ct;
-        if (vec) {
-            // Lane l takes R/P consecutive rank terms, 16 bytes at a time.
-            constexpr int VW = Wv<W>::n;
-            const int RL = R / P;
-            const W *wp = wr + l * RL;
-            const float *xp = xr + l * RL;
-            for (int k = 0; k < RL; k += VW) {
-                float wv[VW];
-                Wv<W>::load(wp + k, wv);
-#pragma unroll
-                for (int q = 0; q < VW / 4; q++) {
-                    const float4 xv = *(const float4 *)(xp + k + 4 * q);
-                    raw += wv[4 * q] * xv.x + wv[4 * q + 1] * xv.y + wv[4 * q + 2] * xv.z +
-                           wv[4 * q + 3] * xv.w;
-                }
-            }
-            bt = *(const float4 *)(xr + R + 4 * l);
-            ct = *(const float4 *)(xr + R + N + 4 * l);
+    if (chained && eok && (e * N + 4 * l) % 32 == 0)
+        for (int s = 0; s < nb; s++) prefetch_l2(ssm + ((b0 + s) * E + e) * N + 4 * l);
+    // W_dt: four terms d = (k·CH + cc)·P + lr at a time, terms
+    // 4(k·P + lr).. of channel cc (CH is a power of two).
+    const int chs = __ffs(CH) - 1;
+    const bool v4 = R % 4 == 0 && (uintptr_t)wdt % (4 * sizeof(W)) == 0;
+    for (int d = threadIdx.x; d < G * CH * P; d += blockDim.x) {
+        const int lr = d % P, t = d / P, cc = t & (CH - 1), k = t >> chs;
+        const int r = 4 * (k * P + lr);
+        const W *src = wdt + (e0 + cc) * R + r;
+        const bool ok = e0 + cc < E;
+        if (v4 && ok && r < R) {
+            Wq<W>::copy(ws + 4 * d, src);
         } else {
-            for (int r = l; r < R; r += P) raw += Wv<W>::one(wr + r) * xr[r];
-            const float *bp = xr + R + 4 * l, *cp = bp + N;
-            bt = make_float4(bp[0], bp[1], bp[2], bp[3]);
-            ct = make_float4(cp[0], cp[1], cp[2], cp[3]);
+#pragma unroll
+            for (int q = 0; q < 4; q++) ws[4 * d + q] = ok && r + q < R ? src[q] : W(0.f);
+        }
+    }
+    const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
+    const float bias = dtb ? dtb[e] : 0.f, dsk = dskip[e];
+    pdl_wait();
+    for (int i = threadIdx.x; i < nb * J; i += blockDim.x) {
+        const int s = i / J, j = i - s * J;
+        const int src = j < Rp ? j : j - Rp + R;
+        xs[i] = j < R || j >= Rp ? xdbl[(b0 + s) * ldbc + src] : 0.f;
+    }
+    float4 sv[SB];
+    float uu[SB], zz[SB];
+#pragma unroll
+    for (int s = 0; s < SB; s++) {
+        if (s < nb) {
+            const int64_t i = (b0 + s) * E + e;
+            sv[s] = *(const float4 *)(ssm + i * N + 4 * l);
+            uu[s] = u[i];
+            zz[s] = xz[(b0 + s) * 2 * E + E + e];
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < SB; s++) {
+        if (s >= nb) break;  // the same for the whole block
+        const float *xr = xs + s * J;
+        float raw = 0.f;
+        for (int k = 0; k < G; k++) {
+            float wv[4];
+            Wq<W>::load(ws + ((k * CH + c) * P + l) * 4, wv);
+            const float4 xv = *(const float4 *)(xr + 4 * (k * P + l));
+            raw += wv[0] * xv.x + wv[1] * xv.y + wv[2] * xv.z + wv[3] * xv.w;
         }
 #pragma unroll
         for (int o = 1; o < P; o <<= 1) raw += __shfl_xor_sync(0xffffffffu, raw, o);
-        const float delta = softplus_(raw + (dtb ? dtb[e] : 0.f));
-        const float uu = u[i], du = delta * uu;
-        float *s = ssm + i * N + 4 * l;
-        float4 sv = *(const float4 *)s;
-        const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
-        sv.x = expf(delta * av.x) * sv.x + du * bt.x;
-        sv.y = expf(delta * av.y) * sv.y + du * bt.y;
-        sv.z = expf(delta * av.z) * sv.z + du * bt.z;
-        sv.w = expf(delta * av.w) * sv.w + du * bt.w;
-        if (ok) *(float4 *)s = sv;
-        float y = ct.x * sv.x + ct.y * sv.y + ct.z * sv.z + ct.w * sv.w;
+        const float delta = softplus_(raw + bias), du = delta * uu[s];
+        const float4 bt = *(const float4 *)(xr + Rp + 4 * l);
+        const float4 ct = *(const float4 *)(xr + Rp + N + 4 * l);
+        float4 v = sv[s];
+        v.x = expf(delta * av.x) * v.x + du * bt.x;
+        v.y = expf(delta * av.y) * v.y + du * bt.y;
+        v.z = expf(delta * av.z) * v.z + du * bt.z;
+        v.w = expf(delta * av.w) * v.w + du * bt.w;
+        const int64_t i = (b0 + s) * E + e;
+        if (eok) *(float4 *)(ssm + i * N + 4 * l) = v;
+        float y = ct.x * v.x + ct.y * v.y + ct.z * v.z + ct.w * v.w;
 #pragma unroll
         for (int o = 1; o < P; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-        if (ok && l == 0) {
-            float out = (y + dskip[e] * uu) * silu_(xz[b * 2 * E + E + e]);
+        if (eok && l == 0) {
+            const float out = (y + dsk * uu[s]) * silu_(zz[s]);
             if (g) g[i] = out;
             put(gw + i, out);
         }
@@ -652,8 +707,9 @@ __global__ void __launch_bounds__(kMmWarps * 32, 2)
     const int64_t chunks = (K + 31) >> 5;
     const int64_t cc0 = chunks * rank / KS, cc1 = chunks * (rank + 1) / KS;
     // Phase one of the cluster barrier: every block of the cluster has
-    // started before any writes to another's shared memory (below).
-    asm volatile("barrier.cluster.arrive.aligned;" ::: "memory");
+    // started before any writes to another's shared memory (below). It
+    // orders no memory (relaxed: no fence).
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
     pdl_start();
     if (wk == 0 && lane < 16 && r0 + lane < rows && cc1 > cc0)
         prefetch_range(w + (r0 + lane) * K + 32 * cc0, (min(32 * cc1, K) - 32 * cc0) * 2);
@@ -698,23 +754,28 @@ __global__ void __launch_bounds__(kMmWarps * 32, 2)
     // finishes; it goes to that block's inbox, slot (rank·WK + wk, o % per).
     asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
     float *mine = inbox + (rank * WK + wk) * per;
+    const float rper = 1.f / (float)per;
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
         for (int h = 0; h < 4; h++) {
             const int o = (8 * j + 2 * t + (h & 1)) * BM + 16 * wm + g + 8 * (h >> 1);
-            const int q = o / per;
+            // q = o / per, by a float product (o < 2^24) set right.
+            int q = (int)((float)o * rper);
+            q -= q * per > o;
+            q += (q + 1) * per <= o;
             st_cluster(cluster_addr(mine + (o - q * per), q), acc[j][h]);
         }
     }
     cluster_sync();
     const int nsrc = KS * WK, o0 = rank * per, o1 = min(tot, o0 + per);
+    const int bms = __ffs(BM) - 1;  // BM is a power of two
 #pragma unroll 4
     for (int o = o0 + (int)threadIdx.x; o < o1; o += blockDim.x) {
         float v = 0.f;
 #pragma unroll 8
         for (int k = 0; k < nsrc; k++) v += inbox[k * per + (o - o0)];
-        const int s = o / BM;
+        const int s = o >> bms;
         const int64_t row = tile * BM + (o - s * BM);
         if (row < rows && s0 + s < B) epi(row, s0 + s, v);
     }
@@ -799,15 +860,21 @@ static int launch_ex(const cudaLaunchAttribute *attrs, int n, void (*kernel)(KAr
     return 0;
 }
 
-// launch_pdl launches kernel with programmatic stream serialization, so
-// that it may start (and prefetch its weights) while the kernel before it
-// runs; the kernel calls pdl_wait before it reads anything that kernel
-// writes.
-template <typename... KArgs, typename... Args>
-static int launch_pdl(void (*kernel)(KArgs...), dim3 grid, size_t smem, Args... args) {
+// pdl_attr is the launch attribute of programmatic stream serialization:
+// a kernel launched with it may start (and prefetch its weights) while the
+// kernel before it runs; it calls pdl_wait before it reads anything that
+// kernel writes.
+static cudaLaunchAttribute pdl_attr() {
     cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
+    return attr;
+}
+
+// launch_pdl launches kernel (kStepThreads threads a block) with pdl_attr.
+template <typename... KArgs, typename... Args>
+static int launch_pdl(void (*kernel)(KArgs...), dim3 grid, size_t smem, Args... args) {
+    const cudaLaunchAttribute attr = pdl_attr();
     return launch_ex(&attr, 1, kernel, grid, dim3(kStepThreads), smem, args...);
 }
 
@@ -816,7 +883,7 @@ static bool aligned_rows(const W *w, int64_t cols) {
     return (uintptr_t)w % 16 == 0 && cols % Wv<W>::n == 0;
 }
 
-// Tile names a stream tile size for a kernel template.
+// Tile names a size for a kernel template (a stream tile, lanes a channel).
 template <int S>
 struct Tile {
     static constexpr int value = S;
@@ -907,96 +974,172 @@ static int step_norm_gemm(float *out, int64_t ldo, W *xw, const float *h, const 
     return step_gemm(out, ldo, (const W *)xw, w, rows, D, B, 0.f);
 }
 
-// scan_quad_ok says whether k_step_scan_quad can run the step's scan.
-static bool scan_quad_ok(const mb_step_args *a) {
-    int64_t N = a->N, P = N / 4;
-    return N % 4 == 0 && P <= 32 && (P & (P - 1)) == 0 && (uintptr_t)a->ssm % 16 == 0 &&
-           (uintptr_t)a->neg_a % 16 == 0;
+// scan_quad_shape picks k_step_scan_quad's streams a block (*sb) and block
+// size (*threads): the fewest streams, then the fewest channels, a block
+// that keep the grid within one wave (four blocks an SM), so that every
+// state load is issued at once while W_dt is read from L2 as few times as
+// that allows. It reports false when N does not suit the kernel or W_dt's
+// rows do not fit shared memory.
+static bool scan_quad_shape(const mb_step_args *a, int *sb, int *threads, size_t *smem) {
+    const int64_t N = a->N, P = N / 4, B = a->B, E = a->E, wave = 4 * (int64_t)g_sms;
+    if (N % 4 != 0 || P > 32 || (P & (P - 1)) != 0 || (uintptr_t)a->ssm % 16 != 0 ||
+        (uintptr_t)a->neg_a % 16 != 0)
+        return false;
+    auto blocks = [&](int64_t th, int64_t s) {
+        return (E + th / P - 1) / (th / P) * ((B + s - 1) / s);
+    };
+    int s = 1, th = kStepThreads;
+    while (s < kScanMaxSB && blocks(th, s) > wave) s *= 2;
+    while (th > 64 && blocks(th / 2, s) <= wave) th /= 2;
+    while (th > 64 && scan_quad_smem(a->R, P, th, s, a->wtype) > kStepTileBytes) th /= 2;
+    *sb = s, *threads = th, *smem = scan_quad_smem(a->R, P, th, s, a->wtype);
+    return *smem <= kStepTileBytes && (B + s - 1) / s <= 65535;
 }
 
-// step_scan_quad runs k_step_scan_quad when N suits it and reports whether
-// it did. chained: launched with programmatic dependent launch on a grid
-// that fits the GPU at once (so that all of it prefetches), writing the
-// gated output only to gw.
+// scan_quad_ok says whether k_step_scan_quad can run the step's scan.
+static bool scan_quad_ok(const mb_step_args *a) {
+    int sb, threads;
+    size_t smem;
+    return scan_quad_shape(a, &sb, &threads, &smem);
+}
+
+// step_scan_quad runs k_step_scan_quad when scan_quad_ok and reports
+// whether it did. chained: launched with programmatic dependent launch,
+// writing the gated output only to gw.
 template <typename W>
 static int step_scan_quad(const mb_step_args *a, W *gw, const W *wdt, int64_t ldbc, bool chained,
                           bool *done) {
-    int64_t N = a->N, P = N / 4;
     *done = false;
-    if (!scan_quad_ok(a)) return 0;
-    int64_t threads = a->B * a->E * P;
-    int64_t blocks = (threads + kThreads - 1) / kThreads;
-    if (chained && blocks > 4 * (int64_t)g_sms) blocks = 4 * (int64_t)g_sms;
-    dim3 grid((unsigned)blocks);
-    const int vec = ldbc % 4 == 0 && a->R % (P * Wv<W>::n) == 0 && (uintptr_t)a->xdbl % 16 == 0 &&
-                    (uintptr_t)wdt % 16 == 0;
+    int sb, threads;
+    size_t smem;
+    if (!scan_quad_shape(a, &sb, &threads, &smem)) return 0;
+    const int64_t P = a->N / 4;
+    const dim3 grid((unsigned)((a->E + threads / P - 1) / (threads / P)),
+                    (unsigned)((a->B + sb - 1) / sb));
     auto go = [&](auto kernel) -> int {
+        if (allow_smem(kernel, smem)) return 1;
         if (chained) {
-            if (launch_pdl(kernel, grid, 0, (float *)nullptr, gw, a->ssm, a->xz, a->xdbl, ldbc,
-                           a->u, wdt, a->dt_bias, a->neg_a, a->dskip, a->E, (int)a->R, a->B, 1,
-                           vec))
+            const cudaLaunchAttribute attr = pdl_attr();
+            if (launch_ex(&attr, 1, kernel, grid, dim3(threads), smem, (float *)nullptr, gw,
+                          a->ssm, a->xz, a->xdbl, ldbc, a->u, wdt, a->dt_bias, a->neg_a,
+                          a->dskip, a->E, (int)a->R, a->B, 1))
                 return 1;
         } else {
-            kernel<<<grid, kThreads, 0, g_stream>>>(a->g, gw, a->ssm, a->xz, a->xdbl, ldbc, a->u,
-                                                     wdt, a->dt_bias, a->neg_a, a->dskip, a->E,
-                                                     (int)a->R, a->B, 0, vec);
+            kernel<<<grid, threads, smem, g_stream>>>(a->g, gw, a->ssm, a->xz, a->xdbl, ldbc,
+                                                      a->u, wdt, a->dt_bias, a->neg_a, a->dskip,
+                                                      a->E, (int)a->R, a->B, 0);
         }
         LAUNCHED();
         *done = true;
         return 0;
     };
+    auto pick = [&](auto p) -> int {
+        constexpr int PP = decltype(p)::value;
+        switch (sb) {
+        case 1: return go(k_step_scan_quad<W, PP, 1>);
+        case 2: return go(k_step_scan_quad<W, PP, 2>);
+        default: return go(k_step_scan_quad<W, PP, kScanMaxSB>);
+        }
+    };
     switch (P) {
-    case 1: return go(k_step_scan_quad<W, 1>);
-    case 2: return go(k_step_scan_quad<W, 2>);
-    case 4: return go(k_step_scan_quad<W, 4>);
-    case 8: return go(k_step_scan_quad<W, 8>);
-    case 16: return go(k_step_scan_quad<W, 16>);
-    default: return go(k_step_scan_quad<W, 32>);
+    case 1: return pick(Tile<1>{});
+    case 2: return pick(Tile<2>{});
+    case 4: return pick(Tile<4>{});
+    case 8: return pick(Tile<8>{});
+    case 16: return pick(Tile<16>{});
+    default: return pick(Tile<32>{});
     }
+}
+
+// mm_smem is k_step_mm's shared memory: the staged X and the inbox.
+static size_t mm_smem(int NT, int WM, int KS) {
+    const int tot = 8 * NT * 16 * WM, per = (tot + KS - 1) / KS;
+    return (size_t)8 * NT * kMmRowBytes + (size_t)KS * (kMmWarps / WM) * per * sizeof(float);
+}
+
+// mm_clusters sets *n to how many clusters of ks blocks of kernel, with
+// smem bytes of shared memory each, the GPU runs at once. Clusters must fit
+// in one GPC, so this can be fewer than the SM count suggests (on an H100,
+// 30 clusters of 8 blocks where 132 SMs hold 264 blocks); a cluster past it
+// waits for a second wave. Answers are kept: the query is made once a shape.
+template <typename F>
+static int mm_clusters(F kernel, int ks, size_t smem, int *n) {
+    struct Seen {
+        const void *kernel;
+        int ks;
+        size_t smem;
+        int n;
+    };
+    static Seen seen[64];
+    static int nseen;
+    for (int i = 0; i < nseen; i++)
+        if (seen[i].kernel == (const void *)kernel && seen[i].ks == ks && seen[i].smem == smem) {
+            *n = seen[i].n;
+            return 0;
+        }
+    if (allow_smem(kernel, smem)) return 1;
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)ks;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)ks);
+    cfg.blockDim = dim3(kMmWarps * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    CK(cudaOccupancyMaxActiveClusters(n, (void *)kernel, &cfg));
+    if (nseen < 64) seen[nseen++] = {(const void *)kernel, ks, smem, *n};
+    return 0;
 }
 
 // step_mm runs k_step_mm for out = X (B, K)·Wᵀ, W (rows, K), handing each
 // sum to epi. The shape of its blocks: the most rows per block (X is read
 // from L2 once per block) that still give about kMmWaves blocks per SM
 // with at most kMmMaxKS blocks along K and at least a chunk of 32 columns
-// per warp. (Two blocks an SM measured faster than one or three.)
+// per warp, in clusters that all run at once. (Two blocks an SM measured
+// faster than one or three.)
 static const int kMmWaves = 2;
 template <class Epi>
 static int step_mm(Epi epi, const __nv_bfloat16 *w, int64_t rows, int64_t K,
                    const __nv_bfloat16 *x, int64_t B) {
     const int NT = B <= 8 ? 1 : B <= 16 ? 2 : B <= 32 ? 4 : 8;
-    const int64_t chunks = (K + 31) / 32;
-    int WM = 1, KS = 1;
-    int64_t tiles = 1;
-    for (int wm = kMmWarps; wm >= 1; wm /= 2) {
-        int64_t tl = (rows + 16 * wm - 1) / (16 * wm);
-        int64_t ks = kMmWaves * g_sms / tl, most = chunks / (kMmWarps / wm);
-        if (ks > kMmMaxKS) ks = kMmMaxKS;
-        if (ks > most) ks = most;
-        if (ks < 1) ks = 1;
-        WM = wm, KS = (int)ks, tiles = tl;
-        if (tl * ks >= kMmWaves * g_sms * 3 / 4) break;
-    }
-    const int64_t ytiles = (B + 8 * NT - 1) / (8 * NT);
-    if (tiles * KS > INT32_MAX || ytiles > 65535) {
-        set_err("step: %lld rows for %lld streams is too many", (long long)rows, (long long)B);
+    const int64_t chunks = (K + 31) / 32, ytiles = (B + 8 * NT - 1) / (8 * NT);
+    if (ytiles > 65535) {
+        set_err("step: %lld streams is too many", (long long)B);
         return 1;
     }
-    const int tot = 8 * NT * 16 * WM, per = (tot + KS - 1) / KS;
-    const size_t smem = (size_t)8 * NT * kMmRowBytes +
-                        (size_t)KS * (kMmWarps / WM) * per * sizeof(float);
-    const dim3 grid((unsigned)(tiles * KS), (unsigned)ytiles);
-    cudaLaunchAttribute attrs[2] = {};
-    attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[0].val.programmaticStreamSerializationAllowed = 1;
-    attrs[1].id = cudaLaunchAttributeClusterDimension;
-    attrs[1].val.clusterDim.x = (unsigned)KS;
-    attrs[1].val.clusterDim.y = 1;
-    attrs[1].val.clusterDim.z = 1;
     auto go = [&](auto kernel) -> int {
+        int WM = 1, KS = 1;
+        int64_t tiles = 1;
+        for (int wm = kMmWarps; wm >= 1; wm /= 2) {
+            int64_t tl = (rows + 16 * wm - 1) / (16 * wm);
+            int64_t ks = kMmWaves * g_sms / tl, most = chunks / (kMmWarps / wm);
+            if (ks > kMmMaxKS) ks = kMmMaxKS;
+            if (ks > most) ks = most;
+            if (ks < 1) ks = 1;
+            for (; ks > 1; ks--) {
+                int n;
+                if (mm_clusters(kernel, (int)ks, mm_smem(NT, wm, (int)ks), &n)) return 1;
+                if (tl * ytiles <= n) break;
+            }
+            WM = wm, KS = (int)ks, tiles = tl;
+            if (tl * ks >= kMmWaves * g_sms * 3 / 4) break;
+        }
+        if (tiles * KS > INT32_MAX) {
+            set_err("step: %lld rows is too many", (long long)rows);
+            return 1;
+        }
+        const size_t smem = mm_smem(NT, WM, KS);
+        cudaLaunchAttribute attrs[2] = {pdl_attr(), {}};
+        attrs[1].id = cudaLaunchAttributeClusterDimension;
+        attrs[1].val.clusterDim.x = (unsigned)KS;
+        attrs[1].val.clusterDim.y = 1;
+        attrs[1].val.clusterDim.z = 1;
         if (allow_smem(kernel, smem)) return 1;
-        if (launch_ex(attrs, 2, kernel, grid, dim3(kMmWarps * 32), smem, epi, w, rows, K, x,
-                      (int)B, WM, KS))
+        if (launch_ex(attrs, 2, kernel, dim3((unsigned)(tiles * KS), (unsigned)ytiles),
+                      dim3(kMmWarps * 32), smem, epi, w, rows, K, x, (int)B, WM, KS))
             return 1;
         LAUNCHED();
         return 0;

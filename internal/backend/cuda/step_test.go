@@ -34,6 +34,15 @@ func TestFusedStep(t *testing.T) {
 	wide.DModel = 264 // E 528, R 17: tails in every 16-byte loop
 	wide.TieEmbeddings = false
 	cfgs["d264-untied"] = wide
+	// The many-stream scan with one lane a channel and a rank whose last
+	// groups of four are read from global memory (40 > 8 groups · 4), and
+	// with eight lanes a channel.
+	n4 := cfgs["layernorm-tied"]
+	n4.DState, n4.DTRank = 4, 40
+	cfgs["n4-rank40"] = n4
+	n32 := cfgs["d96"]
+	n32.DState = 32
+	cfgs["d96-n32"] = n32
 	// Two layers of the 353M and 972M models: the one-kernel step with many
 	// channels per block, staged and (972M) not, and the tensor-core path.
 	for name, d := range map[string]int{"353m-layers": 1024, "972m-layers": 1792} {
@@ -42,7 +51,7 @@ func TestFusedStep(t *testing.T) {
 		cfgs[name] = c
 	}
 	for _, prec := range precisions(t) {
-		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "353m-layers", "972m-layers"} {
+		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "n4-rank40", "d96-n32", "353m-layers", "972m-layers"} {
 			for _, B := range []int{1, 2, 3, 9, 64, 70} {
 				if strings.HasSuffix(name, "-layers") && (B > 2 || prec.name == "fp32") {
 					// They are here for the one-kernel step (bf16, one

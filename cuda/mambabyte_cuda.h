@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 10
+#define MB_ABI_VERSION 11
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -227,6 +227,10 @@ int mb_step_block(const mb_step_args *args);
 int mb_step_head(float *logits, const float *h, const float *norm_w, const float *norm_b,
                  const void *head, void *xw, int64_t B, int64_t D, int64_t V, float eps,
                  int rms, int wtype);
+/* How many mb_step_block calls since the library was loaded took the
+ * tensor-core path of 2 to 16 streams (a step recorded in a graph counts
+ * once, when it is recorded); tests use it to see which path ran. */
+int64_t mb_step_mma_count(void);
 /* dst (n bf16 values) = src rounded to nearest even. */
 int mb_to_bf16(void *dst, const float *src, int64_t n);
 

@@ -1194,6 +1194,9 @@ static int step_block_mma(const mb_step_args *a) {
     return step_mm(EpiAdd{a->h, D}, (const bf *)a->out_proj, D, E, xa, B);
 }
 
+// g_step_mma counts the steps step_block hands to step_block_mma.
+static int64_t g_step_mma;
+
 template <typename W>
 static int step_block(const mb_step_args *a) {
     int64_t B = a->B, D = a->D, E = a->E, N = a->N, R = a->R;
@@ -1202,8 +1205,10 @@ static int step_block(const mb_step_args *a) {
             *wdt = (const W *)a->dt_proj, *wout = (const W *)a->out_proj;
     W *xw = (W *)a->xw;
     if (step_mma_ok(B, D, E, a->wtype) && scan_quad_ok(a) && aligned16(a->in_proj) &&
-        aligned16(a->x_proj) && aligned16(a->out_proj) && aligned16(a->xw) && aligned16(a->g))
+        aligned16(a->x_proj) && aligned16(a->out_proj) && aligned16(a->xw) && aligned16(a->g)) {
+        g_step_mma++;
         return step_block_mma(a);
+    }
     if (B <= kStepGemvMaxB) {
         if (step_in(a, win)) return 1;
         if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
@@ -1255,6 +1260,8 @@ static int step_check(const char *fn, int64_t B, int64_t D, int64_t E, int64_t N
     }
     return 0;
 }
+
+extern "C" int64_t mb_step_mma_count(void) { return g_step_mma; }
 
 extern "C" int mb_step_block(const mb_step_args *a) {
     ENTER();

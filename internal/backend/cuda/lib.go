@@ -20,7 +20,7 @@ const (
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 10
+const abiVersion = 11
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -84,9 +84,10 @@ type lib struct {
 	adamW        func(param, grad, m, v uintptr, n int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
 	adamWRuns    func(param, grad, m, v uintptr, runs []int64, decay []uint8, nruns int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
 
-	stepBlock func(a *stepArgs) int32
-	stepHead  func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
-	toBF16    func(dst, src uintptr, n int64) int32
+	stepBlock    func(a *stepArgs) int32
+	stepMMACount func() int64
+	stepHead     func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
+	toBF16       func(dst, src uintptr, n int64) int32
 
 	wholePlan func(s *wholeShape, out *wholeLayout) int32
 	pack2D    func(dst uintptr, bf16 int32, ld int64, src uintptr, rs, cs, rows, cols int64) int32
@@ -225,6 +226,7 @@ func openLib() (l *lib, err error) {
 	reg(&l.stageIDs, "mb_stage_ids")
 	reg(&l.gemm, "mb_gemm")
 	reg(&l.stepBlock, "mb_step_block")
+	reg(&l.stepMMACount, "mb_step_mma_count")
 	reg(&l.stepHead, "mb_step_head")
 	reg(&l.toBF16, "mb_to_bf16")
 	reg(&l.wholePlan, "mb_whole_plan")

@@ -256,6 +256,11 @@ func (be *Backend) StepWhole(sw backend.StepWeights, logits, h, state backend.Te
 	return true
 }
 
+// StepMMACount is how many block steps the library has run on its
+// tensor-core path for 2 to 16 streams since it was loaded (a recorded
+// step counts once, when it is recorded).
+func (be *Backend) StepMMACount() int64 { return be.l.stepMMACount() }
+
 // WholeSteps is how many steps have been issued through the one-kernel
 // step (a recorded step counts once, when it is recorded).
 func (be *Backend) WholeSteps() int { return be.wholeSteps }

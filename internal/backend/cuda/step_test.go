@@ -73,7 +73,12 @@ func TestFusedStep(t *testing.T) {
 					for _, mma := range []string{"", "0", "all"} {
 						t.Run(fmt.Sprintf("%s/%s/B%d/mma=%q", prec.name, name, B, mma), func(t *testing.T) {
 							t.Setenv("MAMBABYTE_CUDA_STEP_MMA", mma)
+							before := prec.g.StepMMACount()
 							fusedStep(t, prec, cfgs[name], B)
+							used, want := prec.g.StepMMACount() > before, mmaPath(cfgs[name], B, mma)
+							if used != want {
+								t.Errorf("tensor-core path used: %v, want %v", used, want)
+							}
 						})
 					}
 					continue
@@ -94,6 +99,22 @@ func TestFusedStep(t *testing.T) {
 			}
 		}
 	}
+}
+
+// mmaPath says whether a bf16 step of B streams of cfg takes the
+// tensor-core path under MAMBABYTE_CUDA_STEP_MMA=mma (step.cuh's
+// step_mma_ok and scan_quad_ok).
+func mmaPath(cfg model.Config, B int, mma string) bool {
+	D, E, N := cfg.DModel, cfg.DInner(), cfg.DState
+	p := N / 4
+	fits := B >= 2 && D%8 == 0 && E%8 == 0 && N%4 == 0 && p <= 32 && p&(p-1) == 0
+	switch mma {
+	case "0":
+		return false
+	case "all":
+		return fits
+	}
+	return fits && B <= 16
 }
 
 func fusedStep(t *testing.T, prec precision, cfg model.Config, B int) {

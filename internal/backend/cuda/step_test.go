@@ -34,9 +34,9 @@ func TestFusedStep(t *testing.T) {
 	wide.DModel = 264 // E 528, R 17: tails in every 16-byte loop
 	wide.TieEmbeddings = false
 	cfgs["d264-untied"] = wide
-	// The many-stream scan with one lane a channel and a rank whose last
-	// groups of four are read from global memory (40 > 8 groups · 4), and
-	// with eight lanes a channel.
+	// The many-stream scan with one lane a channel (N 4; a rank of 40, ten
+	// groups of four for the lane) and with eight lanes a channel (N 32;
+	// the rank of 6 padded with zeros to 32).
 	n4 := cfgs["layernorm-tied"]
 	n4.DState, n4.DTRank = 4, 40
 	cfgs["n4-rank40"] = n4

@@ -304,9 +304,26 @@ static unsigned grid_for(int64_t n) {
 
 // allow_smem raises a kernel's dynamic shared memory limit past the default
 // 48 KiB (a host-side setting, allowed while a graph is being captured).
+// It never lowers a limit it set before, so a smaller launch (or an
+// occupancy query) cannot take away what an earlier launch, perhaps one
+// recorded in a graph, was allowed; and it asks the driver only when the
+// limit grows.
 template <class F>
 static int allow_smem(F kernel, size_t smem) {
-    if (smem > (48u << 10)) CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (smem <= (48u << 10)) return 0;
+    struct Limit {
+        const void *kernel;
+        size_t smem;
+    };
+    static Limit limits[256];
+    static int nlimits;
+    Limit *l = nullptr;
+    for (int i = 0; i < nlimits && !l; i++)
+        if (limits[i].kernel == (const void *)kernel) l = &limits[i];
+    if (l && l->smem >= smem) return 0;
+    CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (!l && nlimits < 256) l = &limits[nlimits++];
+    if (l) *l = {(const void *)kernel, smem};
     return 0;
 }
 

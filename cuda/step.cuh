@@ -63,14 +63,14 @@ struct Wv<__nv_bfloat16> {
     __device__ static __forceinline__ void load(const __nv_bfloat16 *p, float *o) {
         unpack(__ldg((const uint4 *)p), o);
     }
-    // unpack widens 8 bf16 values (16 bytes) to float.
+    // unpack widens 8 bf16 values (16 bytes) to float; widen2 the two
+    // of one 32-bit word.
     __device__ static __forceinline__ void unpack(uint4 v, float *o) {
-        uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            o[2 * i] = __uint_as_float(w[i] << 16);
-            o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
+        widen2(v.x, o), widen2(v.y, o + 2), widen2(v.z, o + 4), widen2(v.w, o + 6);
+    }
+    __device__ static __forceinline__ void widen2(uint32_t w, float *o) {
+        o[0] = __uint_as_float(w << 16);
+        o[1] = __uint_as_float(w & 0xffff0000u);
     }
     __device__ static __forceinline__ float one(const __nv_bfloat16 *p) {
         return __bfloat162float(*p);
@@ -98,8 +98,7 @@ template <>
 struct Wq<__nv_bfloat16> {
     __device__ static __forceinline__ void load(const __nv_bfloat16 *p, float *o) {
         const uint2 v = *(const uint2 *)p;
-        o[0] = __uint_as_float(v.x << 16), o[1] = __uint_as_float(v.x & 0xffff0000u);
-        o[2] = __uint_as_float(v.y << 16), o[3] = __uint_as_float(v.y & 0xffff0000u);
+        Wv<__nv_bfloat16>::widen2(v.x, o), Wv<__nv_bfloat16>::widen2(v.y, o + 2);
     }
     __device__ static __forceinline__ void copy(__nv_bfloat16 *dst, const __nv_bfloat16 *src) {
         *(uint2 *)dst = __ldg((const uint2 *)src);

@@ -40,12 +40,17 @@ func cmdBench(args []string) error {
 	seqLen := fs.Int("seq-len", 1024, "train: bytes per window")
 	recompute := fs.Bool("recompute", false, "train: recompute each layer's activations in the backward pass (train --recompute)")
 	profile := fs.Bool("profile", false, "train: after the timed steps, time one step operation by operation (GPU) and print the table on stderr")
+	dModel := fs.Int("d-model", 0, "decode and train: model width D in place of the preset's")
+	nLayer := fs.Int("n-layer", 0, "decode and train: layers L in place of the preset's")
 	dev := deviceFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *reps < 1 || *batch < 1 || *accum < 1 || *seqLen < 1 {
 		return fmt.Errorf("--reps, --batch, --accum and --seq-len must be at least 1")
+	}
+	if *dModel < 0 || *nLayer < 0 {
+		return fmt.Errorf("--d-model and --n-layer must be positive (0 keeps the preset's)")
 	}
 	var streamList []int
 	for _, f := range strings.Split(*streams, ",") {
@@ -65,6 +70,14 @@ func cmdBench(args []string) error {
 		}
 		decodeCfg.DModel, decodeCfg.NLayer = p.dModel, p.nLayer
 		trainCfg = decodeCfg
+	}
+	for _, c := range []*model.Config{&decodeCfg, &trainCfg} {
+		if *dModel > 0 {
+			c.DModel = *dModel
+		}
+		if *nLayer > 0 {
+			c.NLayer = *nLayer
+		}
 	}
 	be, err := mambabyte.NewBackend(dev.options())
 	if err != nil {

@@ -245,3 +245,19 @@ func TestParseInterspersed(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchModelShape: --d-model and --n-layer replace the preset's shape in
+// the decode figures' model, and a negative one is refused.
+func TestBenchModelShape(t *testing.T) {
+	out, errs, code := mb(t, "bench", "--only", "decode", "--preset", "small", "--d-model", "32",
+		"--n-layer", "1", "--reps", "1")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "D 32 L 1") {
+		t.Fatalf("decode figure does not name the model D 32 L 1:\n%s", out)
+	}
+	if _, errs, code := mb(t, "bench", "--only", "decode", "--n-layer", "-1"); code == 0 || !strings.Contains(errs, "--n-layer") {
+		t.Fatalf("--n-layer -1: exit %d, stderr %q", code, errs)
+	}
+}

@@ -19,12 +19,16 @@
 // a weight: each block first loads the vectors of a tile of streams into
 // shared memory (normalising them in kernel 1, which costs less than a
 // trip through global memory and a launch), then each warp takes rows of
-// the weight, reads them with 16-byte loads, four in flight per lane, and
-// dots them with every stream of the tile. The scan takes a warp per
-// channel and issues all its loads before the first sum. The kernels of
-// the step are launched with programmatic dependent launch: each starts
-// while the one before runs, asks L2 for its weights, and only then waits
-// for the activations it needs.
+// the weight, reads them with 16-byte loads, and dots them with every
+// stream of the tile. The scan takes a warp per channel and issues all its
+// loads before the first sum. The kernels of the step are launched with
+// programmatic dependent launch: each starts while the one before runs,
+// loads the first weights it needs into registers (RowPre: a warp's first
+// row, up to 8 vectors a lane) and everything else that no kernel of the
+// step writes (conv taps, A, dt bias), asks L2 for its other weights and
+// for the states it will read, and only then waits for the activations.
+// Kernels 2 and 4 also ask for shared memory enough to keep them one block
+// an SM (kStepSpreadSmem).
 //
 // That path serves kStepGemvMaxB (one) stream. In bf16 mode 2 to
 // kStepMmaMaxB streams take the same steps on tensor cores, chained the
@@ -54,6 +58,10 @@ struct Wv<float> {
         float4 v = __ldg((const float4 *)p);
         o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
     }
+    __device__ static __forceinline__ void cvt(uint4 v, float *o) {
+        o[0] = __uint_as_float(v.x), o[1] = __uint_as_float(v.y);
+        o[2] = __uint_as_float(v.z), o[3] = __uint_as_float(v.w);
+    }
     __device__ static __forceinline__ float one(const float *p) { return __ldg(p); }
 };
 
@@ -68,6 +76,7 @@ struct Wv<__nv_bfloat16> {
     __device__ static __forceinline__ void unpack(uint4 v, float *o) {
         widen2(v.x, o), widen2(v.y, o + 2), widen2(v.z, o + 4), widen2(v.w, o + 6);
     }
+    __device__ static __forceinline__ void cvt(uint4 v, float *o) { unpack(v, o); }
     __device__ static __forceinline__ void widen2(uint32_t w, float *o) {
         o[0] = __uint_as_float(w << 16);
         o[1] = __uint_as_float(w & 0xffff0000u);
@@ -108,18 +117,83 @@ struct Wq<__nv_bfloat16> {
 // Operand stores for the cuBLAS path (a float32 value as the weight's type)
 // use kernels.cu's put.
 
+// ld_stream reads 16 bytes that this kernel reads once (weights), leaving
+// L1 to what other warps read again.
+__device__ __forceinline__ uint4 ld_stream(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// RowPre holds, in registers, the first kStepPre 16-byte vectors a lane
+// reads of its warp's first weight row (vectors lane, lane+32, ...): a
+// matrix-vector kernel of the step loads them before it waits for the
+// kernels before it, so that the weights it needs first are on chip when
+// its vectors arrive. The rest of its rows it asks L2 for.
+static const int kStepPre = 8;
+
+struct RowPre {
+    uint4 v[kStepPre];
+    int64_t row;  // the row they hold; -1: none
+};
+
+// first_row is the first row of w a warp takes in tile_rows.
+__device__ __forceinline__ int64_t first_row() {
+    return (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+}
+
+template <typename W>
+__device__ __forceinline__ void pre_row(RowPre &pre, const W *w, int64_t rows, int64_t cols,
+                                        bool vec) {
+    const int lane = threadIdx.x & 31;
+    const int64_t r = first_row(), nv = cols / Wv<W>::n;
+    pre.row = vec && r < rows ? r : -1;
+    if (pre.row < 0) return;
+    const uint4 *p = (const uint4 *)(w + r * cols);
+#pragma unroll
+    for (int q = 0; q < kStepPre; q++)
+        if (lane + 32 * q < nv) pre.v[q] = ld_stream(p + lane + 32 * q);
+}
+
 // row_dot adds to acc[s] (per lane; the caller sums across the warp) the dot
 // product of weight row w (cols values) with vector s of the tile xs (SB
 // rows of stride ldx, a multiple of 4, zero past cols). vec: the row is
-// 16-byte aligned and cols a multiple of Wv<W>::n.
+// 16-byte aligned and cols a multiple of Wv<W>::n. use_pre: pre holds the
+// row's first vectors.
 template <typename W, int SB>
 __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, bool vec,
-                                        const float *xs, int ldx, float *acc, int lane) {
+                                        const float *xs, int ldx, float *acc, int lane,
+                                        const RowPre &pre, bool use_pre) {
     constexpr int VW = Wv<W>::n;
+    auto fma_vec = [&](int64_t p, const float *wv) {
+#pragma unroll
+        for (int s = 0; s < SB; s++) {
+            const float4 *x4 = (const float4 *)(xs + s * ldx + p * VW);
+#pragma unroll
+            for (int i = 0; i < VW / 4; i++) {
+                const float4 xv = x4[i];
+                acc[s] += wv[4 * i] * xv.x + wv[4 * i + 1] * xv.y + wv[4 * i + 2] * xv.z +
+                          wv[4 * i + 3] * xv.w;
+            }
+        }
+    };
     int64_t c0 = 0;
     if (vec) {
-        int64_t nv = cols / VW;
-        for (int64_t p = lane; p < nv; p += 4 * 32) {
+        int64_t nv = cols / VW, p0 = lane;
+        if (use_pre) {
+#pragma unroll
+            for (int q = 0; q < kStepPre; q++) {
+                if (lane + 32 * q < nv) {
+                    float wv[VW];
+                    Wv<W>::cvt(pre.v[q], wv);
+                    fma_vec(lane + 32 * q, wv);
+                }
+            }
+            p0 = lane + 32 * kStepPre;
+        }
+        for (int64_t p = p0; p < nv; p += 4 * 32) {
             float wv[4][VW];
 #pragma unroll
             for (int q = 0; q < 4; q++) {
@@ -133,16 +207,7 @@ __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, b
 #pragma unroll
             for (int q = 0; q < 4; q++) {
                 if (p + 32 * q >= nv) break;
-#pragma unroll
-                for (int s = 0; s < SB; s++) {
-                    const float4 *x4 = (const float4 *)(xs + s * ldx + (p + 32 * q) * VW);
-#pragma unroll
-                    for (int i = 0; i < VW / 4; i++) {
-                        float4 xv = x4[i];
-                        acc[s] += wv[q][4 * i] * xv.x + wv[q][4 * i + 1] * xv.y +
-                                  wv[q][4 * i + 2] * xv.z + wv[q][4 * i + 3] * xv.w;
-                    }
-                }
+                fma_vec(p + 32 * q, wv[q]);
             }
         }
         c0 = nv * VW;
@@ -157,22 +222,28 @@ __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, b
 // tile_rows runs the warps of a block over rows of w (rows, cols) against
 // the tile xs and hands each finished dot product to store(row, s, value)
 // for the nb streams present, lane s storing stream s's (so per-stream
-// epilogues run side by side).
+// epilogues run side by side). The warp's first row may come preloaded
+// (pre, see RowPre).
 template <typename W, int SB, class Store>
 __device__ __forceinline__ void tile_rows(const W *w, int64_t rows, int64_t cols, bool vec,
-                                          const float *xs, int ldx, int nb, Store store) {
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int64_t r = (int64_t)blockIdx.x * nw + wid; r < rows; r += (int64_t)gridDim.x * nw) {
+                                          const float *xs, int ldx, int nb, Store store,
+                                          const RowPre &pre) {
+    const int lane = threadIdx.x & 31;
+    const int64_t stride = (int64_t)gridDim.x * (blockDim.x >> 5);
+    auto row = [&](int64_t r, bool use_pre) {
         float acc[SB];
 #pragma unroll
         for (int s = 0; s < SB; s++) acc[s] = 0.f;
-        row_dot<W, SB>(w + r * cols, cols, vec, xs, ldx, acc, lane);
+        row_dot<W, SB>(w + r * cols, cols, vec, xs, ldx, acc, lane, pre, use_pre);
 #pragma unroll
         for (int s = 0; s < SB; s++) {
             acc[s] = warp_sum(acc[s]);
             if (lane == s && s < nb) store(r, s, acc[s]);
         }
-    }
+    };
+    int64_t r = first_row();
+    if (r == pre.row) row(r, true), r += stride;
+    for (; r < rows; r += stride) row(r, false);
 }
 
 // Programmatic dependent launch (sm_90): kernels of the step are launched
@@ -182,6 +253,44 @@ __device__ __forceinline__ void tile_rows(const W *w, int64_t rows, int64_t cols
 // only read what no kernel of the step writes: the weights.
 __device__ __forceinline__ void pdl_start() { asm volatile("griddepcontrol.launch_dependents;"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// A STEP_TRACE build (cuda/step_bench) records, for every block of the
+// one-stream step's kernels, the global timer when it starts, when its
+// pdl_wait returns and when its first thread ends, with the kernel (tag)
+// and the SM; other builds compile none of it.
+#ifdef STEP_TRACE
+struct StepTrace {
+    unsigned long long t0, t1, m0, m1, t2;
+    unsigned tag, sm;
+};
+static const unsigned kStepTraceCap = 1u << 17;
+__device__ StepTrace g_step_trace[kStepTraceCap];
+__device__ unsigned g_step_trace_n;
+__device__ __forceinline__ unsigned long long step_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define STEP_T0() unsigned long long t0_ = step_now(), t1_ = 0, m0_ = 0, m1_ = 0
+#define STEP_T1() t1_ = step_now()
+#define STEP_M0() m0_ = step_now()
+#define STEP_M1() m1_ = step_now()
+#define STEP_T2(tag)                                                            \
+    do {                                                                        \
+        if (threadIdx.x == 0) {                                                 \
+            unsigned i_ = atomicAdd(&g_step_trace_n, 1u), sm_id_;               \
+            asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_id_));                 \
+            if (i_ < kStepTraceCap)                                             \
+                g_step_trace[i_] = StepTrace{t0_, t1_, m0_, m1_, step_now(), tag, sm_id_}; \
+        }                                                                       \
+    } while (0)
+#else
+#define STEP_T0()
+#define STEP_T1()
+#define STEP_M0()
+#define STEP_M1()
+#define STEP_T2(tag)
+#endif
 
 // prefetch_l2 asks L2 for the 128-byte line holding p; prefetch_range for
 // every line of the bytes from p.
@@ -195,14 +304,16 @@ __device__ __forceinline__ void prefetch_range(const void *p, int64_t bytes) {
 
 // prefetch_rows asks L2 for the rows of w (rows, cols) that this warp will
 // read in tile_rows, so they stream from memory while the kernels before
-// run.
+// run; of the row pre holds, only the bytes past the preloaded vectors.
 template <typename W>
-__device__ __forceinline__ void prefetch_rows(const W *w, int64_t rows, int64_t cols) {
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+__device__ __forceinline__ void prefetch_rows(const W *w, int64_t rows, int64_t cols,
+                                              const RowPre &pre) {
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int64_t bytes = cols * (int64_t)sizeof(W);
-    for (int64_t r = (int64_t)blockIdx.x * nw + wid; r < rows; r += (int64_t)gridDim.x * nw) {
+    for (int64_t r = first_row(); r < rows; r += (int64_t)gridDim.x * nw) {
         const char *row = (const char *)(w + r * cols);
-        for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
+        int64_t from = r == pre.row ? (int64_t)kStepPre * 32 * 16 : 0;
+        for (int64_t off = from + (int64_t)lane * 128; off < bytes; off += 32 * 128)
             prefetch_l2(row + off);
     }
 }
@@ -252,70 +363,117 @@ __device__ __forceinline__ void norm_tile(float *xs, int ldx, int nb, const floa
 // conv_step is the conv of channel e of one stream given its new input x:
 // u = silu(bias + Σ_k w[e,k]·x_k), x_0..x_{K-2} from the stream's conv
 // state (K-1,E) and x_{K-1} = x, after which the state shifts by one. The
-// caller owns channel e of the stream. K <= kStepMaxK: the taps are loaded
-// together, then stored shifted.
+// caller owns channel e of the stream. K <= kStepMaxK. conv_in loads what
+// it reads into c: the taps and the bias (weights: loadable before
+// pdl_wait) and, unless st is NULL, the state; conv_out does the rest.
 static const int kStepMaxK = 8;
+static const int kConvIn = 2 * kStepMaxK + 1;  // taps, state, bias
 
-__device__ __forceinline__ float conv_step(float *st, float x, const float *cw, const float *cb,
-                                           int64_t e, int64_t E, int K) {
-    float v[kStepMaxK], w[kStepMaxK];
+__device__ __forceinline__ void conv_in(float *c, const float *st, const float *cw,
+                                        const float *cb, int64_t e, int64_t E, int K) {
 #pragma unroll
     for (int k = 0; k < kStepMaxK; k++) {
-        v[k] = k < K - 1 ? st[(int64_t)k * E + e] : 0.f;
-        w[k] = k < K ? cw[e * K + k] : 0.f;
+        if (k < K) c[k] = cw[e * K + k];
+        if (st && k < K - 1) c[kStepMaxK + k] = st[(int64_t)k * E + e];
     }
-    float acc = cb ? cb[e] : 0.f;
+    c[2 * kStepMaxK] = cb ? cb[e] : 0.f;
+}
+
+__device__ __forceinline__ float conv_out(const float *c, float *st, float x, int64_t e,
+                                          int64_t E, int K) {
+    float acc = c[2 * kStepMaxK];
 #pragma unroll
     for (int k = 0; k < kStepMaxK; k++) {
-        if (k < K - 1) acc += w[k] * v[k];
-        if (k == K - 1) acc += w[k] * x;
+        if (k < K - 1) acc += c[k] * c[kStepMaxK + k];
+        if (k == K - 1) acc += c[k] * x;
     }
 #pragma unroll
     for (int k = 1; k < kStepMaxK; k++)
-        if (k < K - 1) st[(int64_t)(k - 1) * E + e] = v[k];
+        if (k < K - 1) st[(int64_t)(k - 1) * E + e] = c[kStepMaxK + k];
     if (K > 1) st[(int64_t)(K - 2) * E + e] = x;
     return silu_(acc);
 }
 
-// begin_rows is the start of a matrix-vector kernel of the step over rows
-// of w (rows, cols): it lets the next kernel launch, asks L2 for its rows,
-// waits for the kernels before, and loads the block's tile of vectors from
-// x (B, cols) into shared memory. It returns the tile (row stride *ldx),
-// the tile's first stream *s0 and its number of streams *nb.
-template <typename W, int SB>
-__device__ __forceinline__ float *begin_rows(const W *w, int64_t rows, const float *x,
-                                             int64_t cols, int B, int *ldx, int *s0, int *nb) {
+__device__ __forceinline__ float conv_step(float *st, float x, const float *cw, const float *cb,
+                                           int64_t e, int64_t E, int K) {
+    float c[kConvIn];
+    conv_in(c, st, cw, cb, e, E, K);
+    return conv_out(c, st, x, e, E, K);
+}
+
+// A matrix-vector kernel of the step over rows of w (rows, cols) starts
+// with rows_start: it lets the next kernel launch, loads the warp's first
+// vectors of weights into registers (pre) and asks L2 for the rest. After
+// pdl_wait, rows_tile loads the block's tile of vectors from x (B, cols)
+// into shared memory (the caller then issues its own loads and the
+// barrier), returning the tile's row stride *ldx, first stream *s0 and
+// number of streams *nb.
+template <typename W>
+__device__ __forceinline__ void rows_start(RowPre &pre, const W *w, int64_t rows, int64_t cols,
+                                           bool vec) {
+    pdl_start();
+    pre_row(pre, w, rows, cols, vec);
+    prefetch_rows(w, rows, cols, pre);
+}
+
+template <int SB>
+__device__ __forceinline__ float *rows_tile(const float *x, int64_t cols, int B, int *ldx,
+                                            int *s0, int *nb) {
     extern __shared__ float4 sm_[];
     float *xs = (float *)sm_;
     *ldx = (int)((cols + 3) & ~3);
     *s0 = blockIdx.y * SB, *nb = min(SB, B - *s0);
-    pdl_start();
-    prefetch_rows(w, rows, cols);
-    pdl_wait();
     load_tile<SB>(xs, *ldx, x + (int64_t)*s0 * cols, cols, *nb);
-    __syncthreads();
     return xs;
 }
 
 // 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D); for each channel e < E the conv
 // follows at once: u = silu(conv(state, xi)), the conv state shifted. z
-// goes to xz (B, 2E) (its first E columns are left alone).
+// goes to xz (B, 2E) (its first E columns are left alone). The conv taps
+// of the warp's first row are loaded before pdl_wait (into a slot of
+// shared memory past the tile), its state right after.
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_in(float *xz, float *u, float *conv, const float *h, const float *nw, const float *nb,
               float eps, int rms, const float *cw, const float *cb, const W *w, int64_t D,
               int64_t E, int K, int B, bool vec) {
-    int ldx, s0, nb_;
-    float *xs = begin_rows<W, SB>(w, 2 * E, h, D, B, &ldx, &s0, &nb_);
+    STEP_T0();
+    RowPre pre;
+    rows_start(pre, w, 2 * E, D, vec);
+    extern __shared__ float4 sm_[];
+    const int lane = threadIdx.x & 31, s0 = blockIdx.y * SB, ldx = (int)((D + 3) & ~3);
+    const int64_t r0 = first_row();
+    const bool conv0 = lane < SB && s0 + lane < B && r0 < E;
+    float *st0 = conv + (int64_t)(s0 + lane) * (K - 1) * E;
+    float *c0 = (float *)sm_ + SB * ldx + ((threadIdx.x >> 5) * SB + lane) * kConvIn;
+    if (conv0) {
+        conv_in(c0, nullptr, cw, cb, r0, E, K);
+        for (int k = 0; k < K - 1; k++) prefetch_l2(st0 + (int64_t)k * E + r0);
+    }
+    pdl_wait();
+    STEP_T1();
+    if (conv0)
+        for (int k = 0; k < K - 1; k++) c0[kStepMaxK + k] = st0[(int64_t)k * E + r0];
+    int ldx_, s0_, nb_;
+    float *xs = rows_tile<SB>(h, D, B, &ldx_, &s0_, &nb_);
+    __syncthreads();
+    STEP_M0();
     norm_tile<SB>(xs, ldx, nb_, nw, nb, D, eps, rms);
     __syncthreads();
-    tile_rows<W, SB>(w, 2 * E, D, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
-        int64_t b = s0 + s;
-        if (r < E)
-            u[b * E + r] = conv_step(conv + b * (K - 1) * E, v, cw, cb, r, E, K);
-        else
-            xz[b * 2 * E + r] = v;
-    });
+    STEP_M1();
+    tile_rows<W, SB>(
+        w, 2 * E, D, vec, xs, ldx, nb_,
+        [&](int64_t r, int s, float v) {
+            int64_t b = s0 + s;
+            if (r >= E)
+                xz[b * 2 * E + r] = v;
+            else if (r == r0)
+                u[b * E + r] = conv_out(c0, st0, v, r, E, K);
+            else
+                u[b * E + r] = conv_step(conv + b * (K - 1) * E, v, cw, cb, r, E, K);
+        },
+        pre);
+    STEP_T2(1);
 }
 
 // The head: logits (B, V) = Norm(h)·W_headᵀ.
@@ -323,44 +481,81 @@ template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                 int rms, const W *w, int64_t D, int64_t V, int B, bool vec) {
+    RowPre pre;
+    rows_start(pre, w, V, D, vec);
+    pdl_wait();
     int ldx, s0, nb_;
-    float *xs = begin_rows<W, SB>(w, V, h, D, B, &ldx, &s0, &nb_);
+    float *xs = rows_tile<SB>(h, D, B, &ldx, &s0, &nb_);
+    __syncthreads();
     norm_tile<SB>(xs, ldx, nb_, nw, nb, D, eps, rms);
     __syncthreads();
-    tile_rows<W, SB>(w, V, D, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
-        logits[(int64_t)(s0 + s) * V + r] = v;
-    });
+    tile_rows<W, SB>(
+        w, V, D, vec, xs, ldx, nb_,
+        [&](int64_t r, int s, float v) { logits[(int64_t)(s0 + s) * V + r] = v; }, pre);
 }
 
 // 2. xdbl (B, R+2N) = u·W_xᵀ, W_x (R+2N, E).
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B, bool vec) {
+    STEP_T0();
+    RowPre pre;
+    rows_start(pre, w, rows, E, vec);
+    pdl_wait();
+    STEP_T1();
     int ldx, s0, nb_;
-    float *xs = begin_rows<W, SB>(w, rows, u, E, B, &ldx, &s0, &nb_);
-    tile_rows<W, SB>(w, rows, E, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
-        xdbl[(int64_t)(s0 + s) * rows + r] = v;
-    });
+    const float *xs = rows_tile<SB>(u, E, B, &ldx, &s0, &nb_);
+    __syncthreads();
+    STEP_M0();
+    tile_rows<W, SB>(
+        w, rows, E, vec, xs, ldx, nb_,
+        [&](int64_t r, int s, float v) {
+            STEP_M1();
+            xdbl[(int64_t)(s0 + s) * rows + r] = v;
+        },
+        pre);
+    STEP_T2(2);
 }
 
-// 4. h (B,D) += g·W_outᵀ, W_out (D, E).
+// 4. h (B,D) += g·W_outᵀ, W_out (D, E). The h value of the warp's first row
+// is read as soon as the kernels before have finished.
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec) {
-    int ldx, s0, nb_;
-    float *xs = begin_rows<W, SB>(w, D, g, E, B, &ldx, &s0, &nb_);
-    tile_rows<W, SB>(w, D, E, vec, xs, ldx, nb_, [&](int64_t r, int s, float v) {
-        h[(int64_t)(s0 + s) * D + r] += v;
-    });
+    STEP_T0();
+    RowPre pre;
+    rows_start(pre, w, D, E, vec);
+    const int lane = threadIdx.x & 31, s0 = blockIdx.y * SB;
+    const int64_t r0 = first_row();
+    pdl_wait();
+    STEP_T1();
+    float h0 = 0.f;
+    if (lane < SB && s0 + lane < B && r0 < D) h0 = h[(int64_t)(s0 + lane) * D + r0];
+    int ldx, s0_, nb_;
+    const float *xs = rows_tile<SB>(g, E, B, &ldx, &s0_, &nb_);
+    __syncthreads();
+    STEP_M0();
+    tile_rows<W, SB>(
+        w, D, E, vec, xs, ldx, nb_,
+        [&](int64_t r, int s, float v) {
+            STEP_M1();
+            float *p = h + (int64_t)(s0 + s) * D + r;
+            *p = (r == r0 ? h0 : *p) + v;
+        },
+        pre);
+    STEP_T2(4);
 }
 
 // 3. The scan step, a warp per channel (b, e): the lanes split the dt rank
-// terms and the states, every load issued before the sums that need them.
+// terms and the states. Before pdl_wait each lane loads its W_dt terms (the
+// first 64), its A and the channel's dt bias and Dskip, and asks L2 for the
+// channel's states; after it, every load goes out before the first sum.
 template <typename W>
 __global__ void __launch_bounds__(kStepThreads)
     k_step_scan(float *g, float *ssm, const float *xz, const float *xdbl, int64_t ldbc,
                 const float *u, const W *wdt, const float *dtb, const float *A,
                 const float *dskip, int64_t E, int N, int R, int B) {
+    STEP_T0();
     int64_t idx = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     pdl_start();
@@ -368,20 +563,27 @@ __global__ void __launch_bounds__(kStepThreads)
     int b = (int)(idx / E);
     int64_t e = idx - (int64_t)b * E;
     const W *wr = wdt + e * R;
-    for (int64_t off = (int64_t)lane * 128; off < (int64_t)R * (int64_t)sizeof(W); off += 32 * 128)
-        prefetch_l2((const char *)wr + off);
-    pdl_wait();
-    const float *xr = xdbl + (int64_t)b * ldbc;
+    const float w0 = lane < R ? Wv<W>::one(wr + lane) : 0.f,
+                w1 = lane + 32 < R ? Wv<W>::one(wr + lane + 32) : 0.f;
     float *s = ssm + idx * N;
     const float *a = A + e * N;
+    const float av = lane < N ? a[lane] : 0.f, bias = dtb ? dtb[e] : 0.f, dsk = dskip[e];
+    if (lane == 0) {
+        if (R > 64) prefetch_range(wr + 64, (int64_t)(R - 64) * (int64_t)sizeof(W));
+        prefetch_range(s, (int64_t)N * (int64_t)sizeof(float));
+    }
+    pdl_wait();
+    STEP_T1();
+    const float *xr = xdbl + (int64_t)b * ldbc;
     float uu = u[idx], zz = xz[(int64_t)b * 2 * E + E + e];
-    float raw = 0.f;
-    for (int r = lane; r < R; r += 32) raw += Wv<W>::one(wr + r) * xr[r];
+    float raw = (lane < R ? w0 * xr[lane] : 0.f) + (lane + 32 < R ? w1 * xr[lane + 32] : 0.f);
+    for (int r = lane + 64; r < R; r += 32) raw += Wv<W>::one(wr + r) * xr[r];
     // States n = lane + 32j; most models have N <= 32 (one per lane).
-    float sv = 0.f, av = 0.f, bv = 0.f, cv = 0.f;
-    if (lane < N) sv = s[lane], av = a[lane], bv = xr[R + lane], cv = xr[R + N + lane];
+    float sv = 0.f, bv = 0.f, cv = 0.f;
+    if (lane < N) sv = s[lane], bv = xr[R + lane], cv = xr[R + N + lane];
     raw = warp_sum(raw);
-    float delta = softplus_(raw + (dtb ? dtb[e] : 0.f));
+    STEP_M0();
+    float delta = softplus_(raw + bias);
     float du = delta * uu;
     float yp = 0.f;
     if (lane < N) {
@@ -395,10 +597,12 @@ __global__ void __launch_bounds__(kStepThreads)
         yp += xr[R + N + n] * v;
     }
     yp = warp_sum(yp);
+    STEP_M1();
     if (lane != 0) return;
-    float y = yp + dskip[e] * uu;
+    float y = yp + dsk * uu;
     float out = y * silu_(zz);
     g[idx] = out;
+    STEP_T2(3);
 }
 
 // The scan step of the cuBLAS path, a thread per channel: g holds the
@@ -632,16 +836,6 @@ __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uin
         "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// ld_stream reads 16 bytes that this kernel reads once (weights), leaving
-// L1 to what other warps read again.
-__device__ __forceinline__ uint4 ld_stream(const void *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-    return v;
 }
 
 __device__ __forceinline__ uint32_t cluster_rank() {
@@ -888,15 +1082,35 @@ struct Tile {
     static constexpr int value = S;
 };
 
+// The GPU places a block where it finds room, and blocks launched early
+// (while the kernels before still run) end up packed onto some SMs: the
+// 128 blocks of out_proj ran on about 75 SMs and x_proj's 12 on 7
+// (cuda/step_bench), so some SMs did two blocks' work while others idled.
+// (cuda/pdl_bench: a chain of busy 128-block kernels ran 3x slower
+// launched early than late, and as fast as late when each block asked for
+// shared memory enough to keep it alone on its SM.) So the step's kernels
+// of at most one block an SM ask for kStepSpreadSmem: more than half of an
+// SM's 228 KB, and with in_proj's four blocks beside it still less than
+// all of it. (Asking every kernel of the step for the largest shared-memory
+// carveout as well measured slower.)
+static const size_t kStepSpreadSmem = 115u << 10;
+
 // launch_rows launches the row kernel pick(Tile<SB>{}) (a matrix-vector
 // kernel of the step) with the geometry step_geometry picks for vectors of
-// cols values and rows weight rows, passing it args.
+// cols values and rows weight rows, passing it args. kRowsConv: the kernel
+// stages conv inputs past its tile (k_step_in); kRowsSpread: it asks for
+// kStepSpreadSmem when it has at most one block an SM.
+static const int kRowsConv = 1, kRowsSpread = 2;
+
 template <class Pick, class... Args>
-static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, Args... args) {
+static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, Args... args) {
     int SB;
     dim3 grid;
     size_t smem;
     if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
+    if (flags & kRowsConv) smem += (size_t)(kStepThreads / 32 * SB * kConvIn) * sizeof(float);
+    if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem)
+        smem = kStepSpreadSmem;
     auto go = [&](auto tile) -> int {
         auto kernel = pick(tile);
         if (allow_smem(kernel, smem)) return 1;
@@ -904,39 +1118,41 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, Args... arg
         LAUNCHED();
         return 0;
     };
-    switch (SB) {
-    case 1: return go(Tile<1>{});
-    case 2: return go(Tile<2>{});
-    case 4: return go(Tile<4>{});
-    default: return go(Tile<8>{});
+    if constexpr (kStepGemvMaxB >= 2) {
+        switch (SB) {
+        case 2: return go(Tile<2>{});
+        case 4: return go(Tile<4>{});
+        case 8: return go(Tile<8>{});
+        }
     }
+    return go(Tile<1>{});
 }
 
 template <typename W>
 static int step_in(const mb_step_args *a, const W *w) {
     return launch_rows([](auto t) { return k_step_in<W, decltype(t)::value>; }, a->D, 2 * a->E,
-                       (int)a->B, a->xz, a->u, a->conv, a->h, a->norm_w, a->norm_b, a->eps,
-                       a->rms, a->conv_w, a->conv_b, w, a->D, a->E, (int)a->K, (int)a->B,
-                       aligned_rows(w, a->D));
+                       (int)a->B, kRowsConv, a->xz, a->u, a->conv, a->h, a->norm_w, a->norm_b,
+                       a->eps, a->rms, a->conv_w, a->conv_b, w, a->D, a->E, (int)a->K,
+                       (int)a->B, aligned_rows(w, a->D));
 }
 
 template <typename W>
 static int step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                      int rms, const W *w, int64_t D, int64_t V, int B) {
-    return launch_rows([](auto t) { return k_step_head<W, decltype(t)::value>; }, D, V, B,
+    return launch_rows([](auto t) { return k_step_head<W, decltype(t)::value>; }, D, V, B, 0,
                        logits, h, nw, nb, eps, rms, w, D, V, B, aligned_rows(w, D));
 }
 
 template <typename W>
 static int step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B) {
-    return launch_rows([](auto t) { return k_step_x<W, decltype(t)::value>; }, E, rows, B, xdbl,
-                       u, w, rows, E, B, aligned_rows(w, E));
+    return launch_rows([](auto t) { return k_step_x<W, decltype(t)::value>; }, E, rows, B,
+                       kRowsSpread, xdbl, u, w, rows, E, B, aligned_rows(w, E));
 }
 
 template <typename W>
 static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B) {
-    return launch_rows([](auto t) { return k_step_out<W, decltype(t)::value>; }, E, D, B, h, g,
-                       w, D, E, B, aligned_rows(w, E));
+    return launch_rows([](auto t) { return k_step_out<W, decltype(t)::value>; }, E, D, B,
+                       kRowsSpread, h, g, w, D, E, B, aligned_rows(w, E));
 }
 
 template <typename W>

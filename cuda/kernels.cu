@@ -31,6 +31,8 @@
 static char g_err[1024] = "no error";
 static char g_name[512] = "";
 static int g_sms = 1;  // the device's SM count (mb_init)
+// Shared memory an SM has, and the most one block may ask for (mb_init).
+static size_t g_smem_sm = 0, g_smem_block = 0;
 static int g_ready = 0;
 static int g_device = 0;
 static int g_sync = 0;
@@ -440,6 +442,7 @@ extern "C" int mb_init(int device, int sync) {
              prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
     g_sms = prop.multiProcessorCount;
+    g_smem_sm = prop.sharedMemPerMultiprocessor, g_smem_block = prop.sharedMemPerBlockOptin;
     CK(cudaStreamCreate(&g_stream));
     CKB(cublasCreate(&g_blas));
     CKB(cublasSetPointerMode(g_blas, CUBLAS_POINTER_MODE_HOST));

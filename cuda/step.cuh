@@ -1109,7 +1109,9 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, 
     size_t smem;
     if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
     if (flags & kRowsConv) smem += (size_t)(kStepThreads / 32 * SB * kConvIn) * sizeof(float);
-    if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem)
+    // (Only where kStepSpreadSmem does what it is for: the H100 and H200.)
+    if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem &&
+        kStepSpreadSmem <= g_smem_block && 2 * kStepSpreadSmem > g_smem_sm)
         smem = kStepSpreadSmem;
     auto go = [&](auto tile) -> int {
         auto kernel = pick(tile);

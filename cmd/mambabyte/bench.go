@@ -50,7 +50,7 @@ func cmdBench(args []string) error {
 		return fmt.Errorf("--reps, --batch, --accum and --seq-len must be at least 1")
 	}
 	if *dModel < 0 || *nLayer < 0 {
-		return fmt.Errorf("--d-model and --n-layer must be positive (0 keeps the preset's)")
+		return fmt.Errorf("--d-model and --n-layer must not be negative (0 keeps the preset's)")
 	}
 	var streamList []int
 	for _, f := range strings.Split(*streams, ",") {

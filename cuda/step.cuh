@@ -454,6 +454,8 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     STEP_T1();
     if (conv0)
         for (int k = 0; k < K - 1; k++) c0[kStepMaxK + k] = st0[(int64_t)k * E + r0];
+    // (rows_tile works out ldx and s0 again; handing it these instead made
+    // this kernel, at its 64 registers, spill, and the step 4-17% slower.)
     int ldx_, s0_, nb_;
     float *xs = rows_tile<SB>(h, D, B, &ldx_, &s0_, &nb_);
     __syncthreads();
@@ -1083,9 +1085,10 @@ struct Tile {
 };
 
 // The GPU places a block where it finds room, and blocks launched early
-// (while the kernels before still run) end up packed onto some SMs: the
-// 128 blocks of out_proj ran on about 75 SMs and x_proj's 12 on 7
-// (cuda/step_bench), so some SMs did two blocks' work while others idled.
+// (while the kernels before still run) end up packed onto some SMs: in a
+// build without what follows, cuda/step_bench found the 128 blocks of
+// out_proj on about 75 SMs and x_proj's 12 on 7, so some SMs did two
+// blocks' work while others idled.
 // (cuda/pdl_bench: a chain of busy 128-block kernels ran 3x slower
 // launched early than late, and as fast as late when each block asked for
 // shared memory enough to keep it alone on its SM.) So the step's kernels

@@ -666,6 +666,14 @@ __global__ void __launch_bounds__(kThreads)
 // programmatic dependent launch, in the tensor-core path), the block asks
 // L2 for its states and stages W_dt before it waits for the kernels before
 // it. g (float32) may be NULL.
+//
+// The work that is one a channel and stream (the softplus, the gate, the
+// output) is not repeated on the channel's P lanes: each lane reads a W_dt
+// group once for all SB streams, and the lanes' partial sums, for every
+// stream at once, are summed so that each lane ends with whole sums for
+// SQ = SB/Q of the streams (Q = min(SB, P); scatter_sum). That lane takes
+// the softplus of its streams and hands Δ and Δ·u to the others, and after
+// the state update finishes its streams' outputs.
 static const int kScanMaxSB = 4;  // 8 would spill registers
 
 // scan_quad_smem is its shared memory: W_dt's rows for the block's
@@ -676,6 +684,32 @@ static size_t scan_quad_smem(int64_t R, int64_t P, int threads, int sb, int wtyp
     return (wbytes + 15) / 16 * 16 + (size_t)sb * (Rp + 8 * P) * sizeof(float);
 }
 
+// scatter_sum sums v[s] (one value a stream) over the P lanes l of a
+// channel (aligned groups of P lanes of the warp). Afterwards v[i], i <
+// SB/Q, is the sum for stream (l % Q)·SB/Q + i, Q = min(SB, P), the same on
+// every lane that holds it. Each of the log2(Q) halving rounds swaps half
+// of a lane's values with its partner, so SB values take SB - SB/Q
+// shuffles instead of SB·log2(P).
+template <int P, int SB>
+__device__ __forceinline__ void scatter_sum(float (&v)[SB], int l) {
+    constexpr int Q = SB < P ? SB : P;
+#pragma unroll
+    for (int o = Q / 2; o >= 1; o /= 2) {
+        const bool up = l & o;
+        const int h = SB * o / Q;  // values kept: the upper half where up
+#pragma unroll
+        for (int i = 0; i < h; i++) {
+            const float send = up ? v[i] : v[i + h], keep = up ? v[i + h] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+        }
+    }
+#pragma unroll
+    for (int o = Q; o < P; o <<= 1) {
+#pragma unroll
+        for (int i = 0; i < SB / Q; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+    }
+}
+
 template <typename W, int P, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_scan_quad(float *__restrict__ g, W *__restrict__ gw, float *__restrict__ ssm,
@@ -683,7 +717,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
                      const float *__restrict__ u, const W *__restrict__ wdt,
                      const float *__restrict__ dtb, const float *__restrict__ A,
                      const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained) {
-    constexpr int N = 4 * P;
+    constexpr int N = 4 * P, Q = SB < P ? SB : P, SQ = SB / Q;
     extern __shared__ float4 sm_[];
     const int G = (R + 4 * P - 1) / (4 * P), Rp = 4 * P * G, J = Rp + 2 * N;
     const int CH = blockDim.x / P, c = threadIdx.x / P, l = threadIdx.x % P;
@@ -694,6 +728,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     const int64_t e = eok ? ec : E - 1;  // lanes past E compute, store nothing
     const int64_t b0 = (int64_t)blockIdx.y * SB;
     const int nb = (int)min((int64_t)SB, B - b0);
+    const int own = (l % Q) * SQ;  // this lane finishes streams own.. own+SQ-1
     pdl_start();
     if (chained && eok && (e * N + 4 * l) % 32 == 0)
         for (int s = 0; s < nb; s++) prefetch_l2(ssm + ((b0 + s) * E + e) * N + 4 * l);
@@ -713,56 +748,77 @@ __global__ void __launch_bounds__(kStepThreads, 4)
             for (int q = 0; q < 4; q++) ws[4 * d + q] = ok && r + q < R ? src[q] : W(0.f);
         }
     }
-    const float4 av = __ldg((const float4 *)(A + e * N + 4 * l));
+    // A·log2(e): exp(Δ·A) = ex2_(Δ·A2), as in the training scan.
+    float4 a2 = __ldg((const float4 *)(A + e * N + 4 * l));
+    a2.x *= 1.4426950408889634f, a2.y *= 1.4426950408889634f;
+    a2.z *= 1.4426950408889634f, a2.w *= 1.4426950408889634f;
     const float bias = dtb ? dtb[e] : 0.f, dsk = dskip[e];
     pdl_wait();
-    for (int i = threadIdx.x; i < nb * J; i += blockDim.x) {
-        const int s = i / J, j = i - s * J;
-        const int src = j < Rp ? j : j - Rp + R;
-        xs[i] = j < R || j >= Rp ? xdbl[(b0 + s) * ldbc + src] : 0.f;
+#pragma unroll
+    for (int s = 0; s < SB; s++) {
+        if (s >= nb) break;
+        for (int j = threadIdx.x; j < J; j += blockDim.x) {
+            const int src = j < Rp ? j : j - Rp + R;
+            xs[s * J + j] = j < R || j >= Rp ? xdbl[(b0 + s) * ldbc + src] : 0.f;
+        }
     }
     float4 sv[SB];
-    float uu[SB], zz[SB];
 #pragma unroll
-    for (int s = 0; s < SB; s++) {
-        if (s < nb) {
-            const int64_t i = (b0 + s) * E + e;
-            sv[s] = *(const float4 *)(ssm + i * N + 4 * l);
-            uu[s] = u[i];
-            zz[s] = xz[(b0 + s) * 2 * E + E + e];
-        }
+    for (int s = 0; s < SB; s++)
+        sv[s] = s < nb ? *(const float4 *)(ssm + ((b0 + s) * E + e) * N + 4 * l)
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+    float uo[SQ], zo[SQ];
+#pragma unroll
+    for (int i = 0; i < SQ; i++) {
+        const bool ok = own + i < nb;
+        const int64_t b = b0 + (ok ? own + i : 0);
+        uo[i] = ok ? u[b * E + e] : 0.f;
+        zo[i] = ok ? xz[b * 2 * E + E + e] : 0.f;
     }
     __syncthreads();
+    // Δ's pre-activation: this lane's rank groups for every stream.
+    float acc[SB];
+#pragma unroll
+    for (int s = 0; s < SB; s++) acc[s] = 0.f;
+    for (int k = 0; k < G; k++) {
+        float wv[4];
+        Wq<W>::load(ws + ((k * CH + c) * P + l) * 4, wv);
+#pragma unroll
+        for (int s = 0; s < SB; s++) {
+            const float4 xv = *(const float4 *)(xs + s * J + 4 * (k * P + l));
+            acc[s] += wv[0] * xv.x + wv[1] * xv.y + wv[2] * xv.z + wv[3] * xv.w;
+        }
+    }
+    scatter_sum<P, SB>(acc, l);
+    float dl[SQ], dul[SQ];
+#pragma unroll
+    for (int i = 0; i < SQ; i++) dl[i] = softplus_(acc[i] + bias), dul[i] = dl[i] * uo[i];
+    float y[SB];
 #pragma unroll
     for (int s = 0; s < SB; s++) {
-        if (s >= nb) break;  // the same for the whole block
+        // Stream s is finished by lanes l with l % Q = s / SQ.
+        const float delta = __shfl_sync(0xffffffffu, dl[s % SQ], s / SQ, P);
+        const float du = __shfl_sync(0xffffffffu, dul[s % SQ], s / SQ, P);
         const float *xr = xs + s * J;
-        float raw = 0.f;
-        for (int k = 0; k < G; k++) {
-            float wv[4];
-            Wq<W>::load(ws + ((k * CH + c) * P + l) * 4, wv);
-            const float4 xv = *(const float4 *)(xr + 4 * (k * P + l));
-            raw += wv[0] * xv.x + wv[1] * xv.y + wv[2] * xv.z + wv[3] * xv.w;
-        }
-#pragma unroll
-        for (int o = 1; o < P; o <<= 1) raw += __shfl_xor_sync(0xffffffffu, raw, o);
-        const float delta = softplus_(raw + bias), du = delta * uu[s];
         const float4 bt = *(const float4 *)(xr + Rp + 4 * l);
         const float4 ct = *(const float4 *)(xr + Rp + N + 4 * l);
         float4 v = sv[s];
-        v.x = expf(delta * av.x) * v.x + du * bt.x;
-        v.y = expf(delta * av.y) * v.y + du * bt.y;
-        v.z = expf(delta * av.z) * v.z + du * bt.z;
-        v.w = expf(delta * av.w) * v.w + du * bt.w;
-        const int64_t i = (b0 + s) * E + e;
-        if (eok) *(float4 *)(ssm + i * N + 4 * l) = v;
-        float y = ct.x * v.x + ct.y * v.y + ct.z * v.z + ct.w * v.w;
+        v.x = ex2_(delta * a2.x) * v.x + du * bt.x;
+        v.y = ex2_(delta * a2.y) * v.y + du * bt.y;
+        v.z = ex2_(delta * a2.z) * v.z + du * bt.z;
+        v.w = ex2_(delta * a2.w) * v.w + du * bt.w;
+        if (eok && s < nb) *(float4 *)(ssm + ((b0 + s) * E + e) * N + 4 * l) = v;
+        y[s] = ct.x * v.x + ct.y * v.y + ct.z * v.z + ct.w * v.w;
+    }
+    scatter_sum<P, SB>(y, l);
+    if (eok && l < Q) {
 #pragma unroll
-        for (int o = 1; o < P; o <<= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-        if (eok && l == 0) {
-            const float out = (y + dsk * uu[s]) * silu_(zz[s]);
-            if (g) g[i] = out;
-            put(gw + i, out);
+        for (int i = 0; i < SQ; i++) {
+            if (own + i >= nb) break;
+            const int64_t at = (b0 + own + i) * E + e;
+            const float out = (y[i] + dsk * uo[i]) * silu_(zo[i]);
+            if (g) g[at] = out;
+            put(gw + at, out);
         }
     }
 }

@@ -688,8 +688,9 @@ static size_t scan_quad_smem(int64_t R, int64_t P, int threads, int sb, int wtyp
 // channel (aligned groups of P lanes of the warp). Afterwards v[i], i <
 // SB/Q, is the sum for stream (l % Q)·SB/Q + i, Q = min(SB, P), the same on
 // every lane that holds it. Each of the log2(Q) halving rounds swaps half
-// of a lane's values with its partner, so SB values take SB - SB/Q
-// shuffles instead of SB·log2(P).
+// of a lane's values with its partner (SB - SB/Q shuffles in all), and the
+// rounds from Q to P add up SB/Q values each: fewer shuffles than summing
+// every value over all P lanes (SB·log2(P)).
 template <int P, int SB>
 __device__ __forceinline__ void scatter_sum(float (&v)[SB], int l) {
     constexpr int Q = SB < P ? SB : P;
@@ -842,15 +843,17 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
 }
 
 // u = silu(conv(state, xi)) from the in_proj output xz, the state shifted;
-// u also to xw in the weight type.
+// u also to xw in the weight type. Blocks run along the channels (x) and
+// the streams (y), so no thread divides a flat index.
 template <typename W>
 __global__ void k_step_conv_op(W *xw, float *u, const float *xz, float *conv, const float *cw,
                                const float *cb, int64_t E, int K, int64_t B) {
-    GRID_LOOP(i, B * E) {
-        int64_t b = i / E, e = i - b * E;
-        float v = conv_step(conv + b * (K - 1) * E, xz[b * 2 * E + e], cw, cb, e, E, K);
-        u[i] = v;
-        put(xw + i, v);
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+        const float v = conv_step(conv + b * (K - 1) * E, xz[b * 2 * E + e], cw, cb, e, E, K);
+        u[b * E + e] = v;
+        put(xw + b * E + e, v);
     }
 }
 
@@ -1499,9 +1502,9 @@ static int step_block(const mb_step_args *a) {
     if (step_norm_gemm(a->xz, 2 * E, xw, a->h, a->norm_w, a->norm_b, a->eps, a->rms, win, 2 * E,
                        D, B))
         return 1;
-    k_step_conv_op<W><<<grid_for(B * E), kThreads, 0, g_stream>>>(xw, a->u, a->xz, a->conv,
-                                                                  a->conv_w, a->conv_b, E,
-                                                                  (int)a->K, B);
+    const dim3 cgrid((unsigned)((E + kThreads - 1) / kThreads), (unsigned)min(B, (int64_t)65535));
+    k_step_conv_op<W><<<cgrid, kThreads, 0, g_stream>>>(xw, a->u, a->xz, a->conv, a->conv_w,
+                                                        a->conv_b, E, (int)a->K, B);
     LAUNCHED();
     if (step_gemm(a->xdbl, ldbc, (const W *)xw, wx, ldbc, E, B, 0.f)) return 1;
     bool done;

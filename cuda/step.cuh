@@ -790,6 +790,9 @@ __global__ void __launch_bounds__(kStepThreads, 4)
             acc[s] += wv[0] * xv.x + wv[1] * xv.y + wv[2] * xv.z + wv[3] * xv.w;
         }
     }
+    // Streams past B (a last block of fewer than SB) are summed, updated
+    // and shuffled like the others, from whatever their rows of the tile
+    // hold; each stream's values stay apart, and none of theirs is stored.
     scatter_sum<P, SB>(acc, l);
     float dl[SQ], dul[SQ];
 #pragma unroll

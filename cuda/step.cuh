@@ -829,20 +829,51 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 
 // The cuBLAS path's operand builders: one block per stream. The norm also
 // starts the tensor-core path's chain.
+// The norm's weight and bias are read into registers before the kernel
+// waits (up to kNormPre values a thread), so they are not fetched after
+// its statistics.
+static const int kNormPre = 8;
+
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
                                float eps, int rms, int64_t D) {
     extern __shared__ float4 sm_[];
+    __shared__ float stat[2];
     float *xs = (float *)sm_;
     int b = blockIdx.x;
     int ldx = (int)((D + 3) & ~3);
     pdl_start();  // both no-ops unless launched chained
+    const bool pre = D <= (int64_t)kNormPre * blockDim.x;
+    float wv[kNormPre], bv[kNormPre];
+#pragma unroll
+    for (int k = 0; k < kNormPre; k++) {
+        const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+        wv[k] = pre && c < D ? nw[c] : 0.f;
+        bv[k] = pre && c < D && nb ? nb[c] : 0.f;
+    }
     pdl_wait();
     load_tile<1>(xs, ldx, h + (int64_t)b * D, D, 1);
     __syncthreads();
-    norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
+    if (!pre) {
+        norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
+        __syncthreads();
+        for (int64_t c = threadIdx.x; c < D; c += blockDim.x) put(xw + (int64_t)b * D + c, xs[c]);
+        return;
+    }
+    if (threadIdx.x < 32) {
+        float mu, rs;
+        warp_norm_stats(xs, D, eps, rms, threadIdx.x, &mu, &rs);
+        if (threadIdx.x == 0) stat[0] = mu, stat[1] = rs;
+    }
     __syncthreads();
-    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) put(xw + (int64_t)b * D + c, xs[c]);
+    const float mu = stat[0], rs = stat[1];
+#pragma unroll
+    for (int k = 0; k < kNormPre; k++) {
+        const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+        if (c < D)
+            put(xw + (int64_t)b * D + c,
+                rms ? xs[c] * rs * wv[k] : (xs[c] - mu) * rs * wv[k] + bv[k]);
+    }
 }
 
 // u = silu(conv(state, xi)) from the in_proj output xz, the state shifted;

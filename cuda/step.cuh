@@ -831,14 +831,15 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 // starts the tensor-core path's chain.
 // The norm's weight and bias are read into registers before the kernel
 // waits (up to kNormPre values a thread), so they are not fetched after
-// its statistics.
+// its statistics; the row itself goes to registers too, and the whole
+// block takes its statistics. Longer rows go through shared memory.
 static const int kNormPre = 8;
 
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
                                float eps, int rms, int64_t D) {
     extern __shared__ float4 sm_[];
-    __shared__ float stat[2];
+    __shared__ float part[2][32];
     float *xs = (float *)sm_;
     int b = blockIdx.x;
     int ldx = (int)((D + 3) & ~3);
@@ -852,27 +853,53 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         bv[k] = pre && c < D && nb ? nb[c] : 0.f;
     }
     pdl_wait();
-    load_tile<1>(xs, ldx, h + (int64_t)b * D, D, 1);
-    __syncthreads();
     if (!pre) {
+        load_tile<1>(xs, ldx, h + (int64_t)b * D, D, 1);
+        __syncthreads();
         norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
         __syncthreads();
         for (int64_t c = threadIdx.x; c < D; c += blockDim.x) put(xw + (int64_t)b * D + c, xs[c]);
         return;
     }
-    if (threadIdx.x < 32) {
-        float mu, rs;
-        warp_norm_stats(xs, D, eps, rms, threadIdx.x, &mu, &rs);
-        if (threadIdx.x == 0) stat[0] = mu, stat[1] = rs;
+    // The statistics over the whole block: each thread's values stay in
+    // registers, each warp sums its own, and every thread adds up the
+    // warps' sums in the same order.
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    float xv[kNormPre], sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < kNormPre; k++) {
+        const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+        xv[k] = c < D ? h[(int64_t)b * D + c] : 0.f;
+        sum += xv[k];
     }
+    float mu = 0.f;
+    if (!rms) {
+        sum = warp_sum(sum);
+        if (lane == 0) part[0][wid] = sum;
+        __syncthreads();
+        float t = 0.f;
+        for (int i = 0; i < nwarp; i++) t += part[0][i];
+        mu = t / (float)D;
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < kNormPre; k++) {
+        const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+        const float d = xv[k] - mu;
+        if (c < D) ss += d * d;
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) part[1][wid] = ss;
     __syncthreads();
-    const float mu = stat[0], rs = stat[1];
+    float t = 0.f;
+    for (int i = 0; i < nwarp; i++) t += part[1][i];
+    const float rs = (float)(1.0 / sqrt((double)t / (double)D + (double)eps));
 #pragma unroll
     for (int k = 0; k < kNormPre; k++) {
         const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
         if (c < D)
             put(xw + (int64_t)b * D + c,
-                rms ? xs[c] * rs * wv[k] : (xs[c] - mu) * rs * wv[k] + bv[k]);
+                rms ? xv[k] * rs * wv[k] : (xv[k] - mu) * rs * wv[k] + bv[k]);
     }
 }
 

@@ -832,17 +832,14 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 // The norm's weight and bias are read into registers before the kernel
 // waits (up to kNormPre values a thread), so they are not fetched after
 // its statistics; the row itself goes to registers too, and the whole
-// block takes its statistics. Longer rows go through shared memory.
+// block takes its statistics (block_sum). Longer rows go through shared
+// memory.
 static const int kNormPre = 8;
 
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
                                float eps, int rms, int64_t D) {
-    extern __shared__ float4 sm_[];
-    __shared__ float part[2][32];
-    float *xs = (float *)sm_;
-    int b = blockIdx.x;
-    int ldx = (int)((D + 3) & ~3);
+    const int b = blockIdx.x;
     pdl_start();  // both no-ops unless launched chained
     const bool pre = D <= (int64_t)kNormPre * blockDim.x;
     float wv[kNormPre], bv[kNormPre];
@@ -854,6 +851,9 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
     }
     pdl_wait();
     if (!pre) {
+        extern __shared__ float4 sm_[];
+        float *xs = (float *)sm_;
+        const int ldx = (int)((D + 3) & ~3);
         load_tile<1>(xs, ldx, h + (int64_t)b * D, D, 1);
         __syncthreads();
         norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
@@ -861,10 +861,6 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         for (int64_t c = threadIdx.x; c < D; c += blockDim.x) put(xw + (int64_t)b * D + c, xs[c]);
         return;
     }
-    // The statistics over the whole block: each thread's values stay in
-    // registers, each warp sums its own, and every thread adds up the
-    // warps' sums in the same order.
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
     float xv[kNormPre], sum = 0.f;
 #pragma unroll
     for (int k = 0; k < kNormPre; k++) {
@@ -872,15 +868,7 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         xv[k] = c < D ? h[(int64_t)b * D + c] : 0.f;
         sum += xv[k];
     }
-    float mu = 0.f;
-    if (!rms) {
-        sum = warp_sum(sum);
-        if (lane == 0) part[0][wid] = sum;
-        __syncthreads();
-        float t = 0.f;
-        for (int i = 0; i < nwarp; i++) t += part[0][i];
-        mu = t / (float)D;
-    }
+    const float mu = rms ? 0.f : block_sum(sum) / (float)D;
     float ss = 0.f;
 #pragma unroll
     for (int k = 0; k < kNormPre; k++) {
@@ -888,12 +876,8 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         const float d = xv[k] - mu;
         if (c < D) ss += d * d;
     }
-    ss = warp_sum(ss);
-    if (lane == 0) part[1][wid] = ss;
-    __syncthreads();
-    float t = 0.f;
-    for (int i = 0; i < nwarp; i++) t += part[1][i];
-    const float rs = (float)(1.0 / sqrt((double)t / (double)D + (double)eps));
+    ss = block_sum(ss);
+    const float rs = (float)(1.0 / sqrt((double)ss / (double)D + (double)eps));
 #pragma unroll
     for (int k = 0; k < kNormPre; k++) {
         const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;

@@ -265,6 +265,53 @@ func TestDt(t *testing.T) {
 	}
 }
 
+// TestSoftplusElementwise holds the device's softplus (which the dt kernel
+// and every scan kernel that stages Δ use) to a per-element bound against
+// float64 log1p(exp(x)), over a sweep of x that crosses 0, the cut-over to
+// x itself at 20, and e^x below float32's normal range.
+func TestSoftplusElementwise(t *testing.T) {
+	g, _ := gpus(t)
+	const n = 1 << 16
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(-100 + 130*float64(i)/(n-1))
+	}
+	x = append(x, 0, 1e-30, -1e-30, 20, 20.000002, 19.999998, -87.3, -87.4, -103, 88)
+	raw := g.Alloc(len(x))
+	bias, delta := g.Alloc(1), g.Alloc(len(x))
+	g.Upload(raw, x)
+	g.Upload(bias, []float32{0})
+	g.Dt(delta, raw, bias, len(x), 1)
+	got := make([]float32, len(x))
+	g.Download(got, delta)
+	// Where Δ matters (x ≥ -15, Δ ≥ 3e-7) the bound is a few units in the
+	// last place; below, e^x's argument grows and so does its rounding.
+	var worst, worstNear float64
+	for i, v := range x {
+		want := math.Log1p(math.Exp(float64(v)))
+		if v > 20 {
+			want = float64(v)
+		}
+		if want < 0x1p-126 { // float32 would flush it to zero
+			if got[i] != 0 && math.Abs(float64(got[i])-want) > 0x1p-126 {
+				t.Errorf("softplus(%g) = %g, want %g", v, got[i], want)
+			}
+			continue
+		}
+		rel := math.Abs(float64(got[i])-want) / want
+		if v >= -15 {
+			worstNear = math.Max(worstNear, rel)
+			if rel > 2e-6 {
+				t.Errorf("softplus(%g) = %g, want %g (relative error %.3g)", v, got[i], want, rel)
+			}
+		} else if rel > 1e-5 {
+			t.Errorf("softplus(%g) = %g, want %g (relative error %.3g)", v, got[i], want, rel)
+		}
+		worst = math.Max(worst, rel)
+	}
+	t.Logf("largest relative error: %.3g for x >= -15, %.3g overall", worstNear, worst)
+}
+
 func TestGateAddScaleNegExp(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 7)

@@ -1635,7 +1635,7 @@ static dim3 gate_grid(int64_t rows, int64_t E, int V) {
     return dim3((unsigned)(bx < 1 ? 1 : bx > 65535 ? 65535 : bx), (unsigned)(rows > 65535 ? 65535 : rows));
 }
 
-static bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+static __host__ __device__ bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
 
 template <typename O>
 static void gate_fwd(O *out, const float *y, const float *z, int64_t ldz, int64_t rows, int64_t E) {
@@ -1953,7 +1953,8 @@ extern "C" int mb_cross_entropy(float *dlogits, float *nll, const float *logits,
 
 static const int kScanThreads = 256;
 static const int kScanChunk = 64;  // = cpu.ScanChunk
-static const int kStageAhead = 8;  // loads in flight per thread as a chunk is staged
+static const int kStageAhead = 8;   // loads in flight per thread as a chunk is staged
+static const int kStageAhead4 = 4;  // the same, of 16-byte loads
 
 struct ScanArgs {
     const float *u, *delta, *Bt, *Ct, *A, *Dskip;
@@ -2038,8 +2039,32 @@ struct ScanLane {
     // makes the function for the thread's channel e, once.
     template <class Per>
     __device__ void stage_map(float *dst, const float *src, const ScanArgs &a, Per per) const {
-        int e0 = blockIdx.x * cpb, rows = t1 - t0, k = tid % cpb;
-        bool ok = e0 + k < a.E;
+        int e0 = blockIdx.x * cpb, rows = t1 - t0;
+        if (cpb % 4 == 0 && a.E % 4 == 0 && aligned16(src) && aligned16(dst)) {
+            // Four channels a thread: one 16-byte load and store a row.
+            const int c4 = cpb / 4, k = 4 * (tid % c4), j0 = tid / c4, jstep = blockDim.x / c4;
+            const bool ok = e0 + k < a.E;  // for all four, as E % 4 == 0
+            const int e = ok ? e0 + k : e0;
+            auto f0 = per(e), f1 = per(ok ? e + 1 : e), f2 = per(ok ? e + 2 : e), f3 = per(ok ? e + 3 : e);
+            const float *s = src + (b * a.T + t0 + j0) * a.E + e0 + k;
+            const int64_t sstep = (int64_t)jstep * a.E;
+            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j1 = j0; j1 < kScanChunk; j1 += kStageAhead4 * jstep) {
+                float4 v[kStageAhead4];
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++, s += sstep)
+                    v[q] = j1 + q * jstep < rows && ok ? *(const float4 *)s : zero;
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++) {
+                    const int jt = j1 + q * jstep;
+                    const float4 r = make_float4(f0(v[q].x), f1(v[q].y), f2(v[q].z), f3(v[q].w));
+                    if (jt < kScanChunk) *(float4 *)&dst[jt * cpb + k] = jt < rows && ok ? r : zero;
+                }
+            }
+            return;
+        }
+        const int k = tid % cpb;
+        const bool ok = e0 + k < a.E;
         auto f = per(ok ? e0 + k : e0);
         // The source walks down the rows by pointer increments: an index
         // times E in 64 bits cost more instructions than the copy itself.
@@ -2064,7 +2089,26 @@ struct ScanLane {
     // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
     // (N <= 128, so each pass of the block covers at least two rows).
     __device__ void stage_bc(float *dst, const float *src, const ScanArgs &a) const {
-        int rows = t1 - t0, n = tid % a.N, r0 = tid / a.N, rstep = blockDim.x / a.N;
+        const int rows = t1 - t0;
+        if (a.N % 4 == 0 && a.ldbc % 4 == 0 && aligned16(src) && aligned16(dst)) {
+            // Four values a thread: one 16-byte load and store a row.
+            const int n4 = a.N / 4, n = 4 * (tid % n4), r0 = tid / n4, rstep = blockDim.x / n4;
+            if (r0 >= rstep) return;
+            const float *s = src + (b * a.T + t0 + r0) * a.ldbc + n;
+            const int64_t sstep = (int64_t)rstep * a.ldbc;
+            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j1 = r0; j1 < kScanChunk; j1 += kStageAhead4 * rstep) {
+                float4 v[kStageAhead4];
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++, s += sstep)
+                    v[q] = j1 + q * rstep < rows ? *(const float4 *)s : zero;
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++)
+                    if (j1 + q * rstep < kScanChunk) *(float4 *)&dst[(j1 + q * rstep) * a.N + n] = v[q];
+            }
+            return;
+        }
+        int n = tid % a.N, r0 = tid / a.N, rstep = blockDim.x / a.N;
         if (r0 >= rstep) return;
         const float *s = src + (b * a.T + t0 + r0) * a.ldbc + n;
         const int64_t sstep = (int64_t)rstep * a.ldbc;

@@ -1986,6 +1986,29 @@ __device__ __forceinline__ float dt_grad(float delta) {
     return d < 0.5f ? d * q : 1.f - ex2_(d * -1.4426950408889634f);
 }
 
+// stage4 stages the rows j = j0, j0 + jstep, ... below kScanChunk of a
+// chunk, four values a row, with 16-byte loads (kStageAhead4 in flight) and
+// stores: dst[j·dld ..] = f(the row's four values at s, which points at row
+// j0, rows sld floats apart), zeros from row `rows` on and where !ok.
+template <class F>
+__device__ __forceinline__ void stage4(float *dst, int dld, const float *s, int64_t sld, int j0,
+                                       int jstep, int rows, bool ok, F f) {
+    const int64_t sstep = (int64_t)jstep * sld;
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int j1 = j0; j1 < kScanChunk; j1 += kStageAhead4 * jstep) {
+        float4 v[kStageAhead4];
+#pragma unroll
+        for (int q = 0; q < kStageAhead4; q++, s += sstep)
+            v[q] = j1 + q * jstep < rows && ok ? *(const float4 *)s : zero;
+#pragma unroll
+        for (int q = 0; q < kStageAhead4; q++) {
+            const int jt = j1 + q * jstep;
+            const float4 r = f(v[q]);  // of the zeros past the end too: no branch
+            if (jt < kScanChunk) *(float4 *)&dst[jt * dld] = jt < rows && ok ? r : zero;
+        }
+    }
+}
+
 // ScanLane is one thread's place in the layout above, and the block's
 // chunk of inputs staged in shared memory: per-channel values as
 // [step][channel of the block] (cpb channels) and Bt, Ct rows as [step][n],
@@ -2048,21 +2071,8 @@ struct ScanLane {
             const bool ok = e0 + k < a.E;  // for all four, as E % 4 == 0
             const int e = ok ? e0 + k : e0;
             auto f0 = per(e), f1 = per(ok ? e + 1 : e), f2 = per(ok ? e + 2 : e), f3 = per(ok ? e + 3 : e);
-            const float *s = src + (b * a.T + t0 + j0) * a.E + e0 + k;
-            const int64_t sstep = (int64_t)jstep * a.E;
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int j1 = j0; j1 < kScanChunk; j1 += kStageAhead4 * jstep) {
-                float4 v[kStageAhead4];
-#pragma unroll
-                for (int q = 0; q < kStageAhead4; q++, s += sstep)
-                    v[q] = j1 + q * jstep < rows && ok ? *(const float4 *)s : zero;
-#pragma unroll
-                for (int q = 0; q < kStageAhead4; q++) {
-                    const int jt = j1 + q * jstep;
-                    const float4 r = make_float4(f0(v[q].x), f1(v[q].y), f2(v[q].z), f3(v[q].w));
-                    if (jt < kScanChunk) *(float4 *)&dst[jt * cpb + k] = jt < rows && ok ? r : zero;
-                }
-            }
+            stage4(dst + k, cpb, src + (b * a.T + t0 + j0) * a.E + e0 + k, a.E, j0, jstep, rows, ok,
+                   [=](float4 v) { return make_float4(f0(v.x), f1(v.y), f2(v.z), f3(v.w)); });
             return;
         }
         const int k = tid % cpb;
@@ -2095,19 +2105,9 @@ struct ScanLane {
         if (a.N % 4 == 0 && a.ldbc % 4 == 0 && aligned16(src) && aligned16(dst)) {
             // Four values a thread: one 16-byte load and store a row.
             const int n4 = a.N / 4, n = 4 * (tid % n4), r0 = tid / n4, rstep = blockDim.x / n4;
-            if (r0 >= rstep) return;
-            const float *s = src + (b * a.T + t0 + r0) * a.ldbc + n;
-            const int64_t sstep = (int64_t)rstep * a.ldbc;
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int j1 = r0; j1 < kScanChunk; j1 += kStageAhead4 * rstep) {
-                float4 v[kStageAhead4];
-#pragma unroll
-                for (int q = 0; q < kStageAhead4; q++, s += sstep)
-                    v[q] = j1 + q * rstep < rows ? *(const float4 *)s : zero;
-#pragma unroll
-                for (int q = 0; q < kStageAhead4; q++)
-                    if (j1 + q * rstep < kScanChunk) *(float4 *)&dst[(j1 + q * rstep) * a.N + n] = v[q];
-            }
+            if (r0 < rstep)
+                stage4(dst + n, a.N, src + (b * a.T + t0 + r0) * a.ldbc + n, a.ldbc, r0, rstep, rows,
+                       true, [](float4 v) { return v; });
             return;
         }
         int n = tid % a.N, r0 = tid / a.N, rstep = blockDim.x / a.N;

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 11
+#define MB_ABI_VERSION 12
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -210,10 +210,13 @@ int mb_adamw_runs(float *param, const float *grad, float *m, float *v, const int
  * are float32 (wtype 0) or bf16 (wtype 1; copies made by mb_to_bf16); the
  * other parameters are float32, neg_a being A = -exp(A_log) (E,N); norm_b
  * and conv_b may be NULL. xz (B,2E), xdbl (B,R+2N), u and g (B,E) are
- * float32 scratch; xw holds B·max(D,E) values of the weight type. */
+ * float32 scratch; xw holds B·max(D,E) values of the weight type. in_fold
+ * (2, 2E) is mb_step_fold's fold of in_proj with the norm's weight and
+ * bias; one stream needs it (others may pass NULL). */
 typedef struct {
     const void *in_proj, *x_proj, *dt_proj, *out_proj;
     const float *dt_proj_f32; /* dt_proj in float32 (the many-stream path when N is not 4·2^k) */
+    const float *in_fold;
     const float *norm_w, *norm_b, *conv_w, *conv_b, *dt_bias, *neg_a, *dskip;
     float *h, *conv, *ssm, *xz, *xdbl, *u, *g;
     void *xw;
@@ -222,6 +225,11 @@ typedef struct {
     int32_t rms, wtype;
 } mb_step_args;
 int mb_step_block(const mb_step_args *args);
+/* fold (2, rows) = [W·norm_w, W·norm_b] for W (rows, D) of type wtype (0
+ * float32, 1 bf16); norm_b may be NULL (zeros). Made again whenever W or
+ * the norm change. */
+int mb_step_fold(float *fold, const void *w, int wtype, const float *norm_w, const float *norm_b,
+                 int64_t rows, int64_t D);
 /* logits (B,V) = Norm(h)·headᵀ, head (V,D) of type wtype; xw scratch as
  * above. */
 int mb_step_head(float *logits, const float *h, const float *norm_w, const float *norm_b,

@@ -17,8 +17,9 @@
 //
 // Kernels 1, 2 and 4 (and the head) are matrix-vector products by rows of
 // a weight: each block first loads the vectors of a tile of streams into
-// shared memory (normalising them in kernel 1, which costs less than a
-// trip through global memory and a launch), then each warp takes rows of
+// shared memory (in kernel 1 times the norm's weight, with the norm's
+// statistics taken on the way: the norm is folded into the product, see
+// k_step_fold; the head normalises its tile), then each warp takes rows of
 // the weight, reads them with 16-byte loads, and dots them with every
 // stream of the tile. The scan takes a warp per channel and issues all its
 // loads before the first sum. The kernels of the step are launched with
@@ -127,25 +128,31 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
     return v;
 }
 
-// RowPre holds, in registers, the first kStepPre 16-byte vectors a lane
-// reads of its warp's first weight row (vectors lane, lane+32, ...): a
+// RowPre holds, in registers, the first NP (kStepPre unless a kernel's
+// rows are shorter) 16-byte vectors a lane reads of its warp's first
+// weight row (vectors lane, lane+32, ...): a
 // matrix-vector kernel of the step loads them before it waits for the
 // kernels before it, so that the weights it needs first are on chip when
 // its vectors arrive. The rest of its rows it asks L2 for.
 static const int kStepPre = 8;
 
+template <int NP = kStepPre>
 struct RowPre {
-    uint4 v[kStepPre];
+    uint4 v[NP];  // NP (at most kStepPre) vectors a lane
     int64_t row;  // the row they hold; -1: none
 };
 
-// first_row is the first row of w a warp takes in tile_rows.
+// first_row is the first row of w a warp takes in tile_rows; row_stride
+// the step from one of its rows to the next.
 __device__ __forceinline__ int64_t first_row() {
     return (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
 }
+__device__ __forceinline__ int64_t row_stride() {
+    return (int64_t)gridDim.x * (blockDim.x >> 5);
+}
 
-template <typename W>
-__device__ __forceinline__ void pre_row(RowPre &pre, const W *w, int64_t rows, int64_t cols,
+template <typename W, int NP>
+__device__ __forceinline__ void pre_row(RowPre<NP> &pre, const W *w, int64_t rows, int64_t cols,
                                         bool vec) {
     const int lane = threadIdx.x & 31;
     const int64_t r = first_row(), nv = cols / Wv<W>::n;
@@ -153,7 +160,7 @@ __device__ __forceinline__ void pre_row(RowPre &pre, const W *w, int64_t rows, i
     if (pre.row < 0) return;
     const uint4 *p = (const uint4 *)(w + r * cols);
 #pragma unroll
-    for (int q = 0; q < kStepPre; q++)
+    for (int q = 0; q < NP; q++)
         if (lane + 32 * q < nv) pre.v[q] = ld_stream(p + lane + 32 * q);
 }
 
@@ -162,10 +169,10 @@ __device__ __forceinline__ void pre_row(RowPre &pre, const W *w, int64_t rows, i
 // rows of stride ldx, a multiple of 4, zero past cols). vec: the row is
 // 16-byte aligned and cols a multiple of Wv<W>::n. use_pre: pre holds the
 // row's first vectors.
-template <typename W, int SB>
+template <typename W, int SB, int NP>
 __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, bool vec,
                                         const float *xs, int ldx, float *acc, int lane,
-                                        const RowPre &pre, bool use_pre) {
+                                        const RowPre<NP> &pre, bool use_pre) {
     constexpr int VW = Wv<W>::n;
     auto fma_vec = [&](int64_t p, const float *wv) {
 #pragma unroll
@@ -184,14 +191,14 @@ __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, b
         int64_t nv = cols / VW, p0 = lane;
         if (use_pre) {
 #pragma unroll
-            for (int q = 0; q < kStepPre; q++) {
+            for (int q = 0; q < NP; q++) {
                 if (lane + 32 * q < nv) {
                     float wv[VW];
                     Wv<W>::cvt(pre.v[q], wv);
                     fma_vec(lane + 32 * q, wv);
                 }
             }
-            p0 = lane + 32 * kStepPre;
+            p0 = lane + 32 * NP;
         }
         for (int64_t p = p0; p < nv; p += 4 * 32) {
             float wv[4][VW];
@@ -224,17 +231,17 @@ __device__ __forceinline__ void row_dot(const W *__restrict__ w, int64_t cols, b
 // for the nb streams present, lane s storing stream s's (so per-stream
 // epilogues run side by side). The warp's first row may come preloaded
 // (pre, see RowPre).
-template <typename W, int SB, class Store>
+template <typename W, int SB, class Store, int NP>
 __device__ __forceinline__ void tile_rows(const W *w, int64_t rows, int64_t cols, bool vec,
                                           const float *xs, int ldx, int nb, Store store,
-                                          const RowPre &pre) {
+                                          const RowPre<NP> &pre) {
     const int lane = threadIdx.x & 31;
-    const int64_t stride = (int64_t)gridDim.x * (blockDim.x >> 5);
+    const int64_t stride = row_stride();
     auto row = [&](int64_t r, bool use_pre) {
         float acc[SB];
 #pragma unroll
         for (int s = 0; s < SB; s++) acc[s] = 0.f;
-        row_dot<W, SB>(w + r * cols, cols, vec, xs, ldx, acc, lane, pre, use_pre);
+        row_dot<W, SB, NP>(w + r * cols, cols, vec, xs, ldx, acc, lane, pre, use_pre);
 #pragma unroll
         for (int s = 0; s < SB; s++) {
             acc[s] = warp_sum(acc[s]);
@@ -253,6 +260,34 @@ __device__ __forceinline__ void tile_rows(const W *w, int64_t rows, int64_t cols
 // only read what no kernel of the step writes: the weights.
 __device__ __forceinline__ void pdl_start() { asm volatile("griddepcontrol.launch_dependents;"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// cp_async16 copies 16 bytes from global to shared memory without holding
+// a register, or writes 16 zero bytes when n is 0; cp_async4 copies 4
+// bytes, or writes 4 zero bytes when n is 0. cp_async_wait waits for the
+// thread's copies.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, int n) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+// cp_async_commit closes the thread's group of copies issued since the
+// last; cp_async_wait_prior waits for all groups but the last.
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_prior() {
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
 
 // A STEP_TRACE build (cuda/step_bench) records, for every block of the
 // one-stream step's kernels, the global timer when it starts, when its
@@ -305,14 +340,14 @@ __device__ __forceinline__ void prefetch_range(const void *p, int64_t bytes) {
 // prefetch_rows asks L2 for the rows of w (rows, cols) that this warp will
 // read in tile_rows, so they stream from memory while the kernels before
 // run; of the row pre holds, only the bytes past the preloaded vectors.
-template <typename W>
+template <typename W, int NP>
 __device__ __forceinline__ void prefetch_rows(const W *w, int64_t rows, int64_t cols,
-                                              const RowPre &pre) {
+                                              const RowPre<NP> &pre) {
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int64_t bytes = cols * (int64_t)sizeof(W);
     for (int64_t r = first_row(); r < rows; r += (int64_t)gridDim.x * nw) {
         const char *row = (const char *)(w + r * cols);
-        int64_t from = r == pre.row ? (int64_t)kStepPre * 32 * 16 : 0;
+        int64_t from = r == pre.row ? (int64_t)NP * 32 * 16 : 0;
         for (int64_t off = from + (int64_t)lane * 128; off < bytes; off += 32 * 128)
             prefetch_l2(row + off);
     }
@@ -408,8 +443,8 @@ __device__ __forceinline__ float conv_step(float *st, float x, const float *cw, 
 // into shared memory (the caller then issues its own loads and the
 // barrier), returning the tile's row stride *ldx, first stream *s0 and
 // number of streams *nb.
-template <typename W>
-__device__ __forceinline__ void rows_start(RowPre &pre, const W *w, int64_t rows, int64_t cols,
+template <typename W, int NP>
+__device__ __forceinline__ void rows_start(RowPre<NP> &pre, const W *w, int64_t rows, int64_t cols,
                                            bool vec) {
     pdl_start();
     pre_row(pre, w, rows, cols, vec);
@@ -427,46 +462,183 @@ __device__ __forceinline__ float *rows_tile(const float *x, int64_t cols, int B,
     return xs;
 }
 
-// 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D); for each channel e < E the conv
-// follows at once: u = silu(conv(state, xi)), the conv state shifted. z
-// goes to xz (B, 2E) (its first E columns are left alone). The conv taps
-// of the warp's first row are loaded before pdl_wait (into a slot of
-// shared memory past the tile), its state right after.
-template <typename W, int SB>
+// NormStat is a partial statistic of a norm's input: n values, their mean
+// and the sum of their squared deviations from it. stat_merge joins two
+// (Chan et al.'s update), warp_stat those of a warp's lanes.
+struct NormStat {
+    float n, mean, m2;
+};
+
+__device__ __forceinline__ NormStat stat_merge(NormStat a, NormStat b) {
+    const float n = a.n + b.n, d = b.mean - a.mean;
+    const float f = n > 0.f ? __fdividef(b.n, n) : 0.f;  // counts: exact enough
+    return {n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+}
+
+__device__ __forceinline__ NormStat warp_stat(NormStat a) {
+#pragma unroll
+    for (int o = 16; o; o >>= 1) {
+        const NormStat b = {__shfl_xor_sync(0xffffffffu, a.n, o),
+                            __shfl_xor_sync(0xffffffffu, a.mean, o),
+                            __shfl_xor_sync(0xffffffffu, a.m2, o)};
+        a = stat_merge(a, b);
+    }
+    return a;
+}
+
+// The one-stream in_proj does not normalise its input before the product:
+// with the norm's weight w and bias b, Norm(h)·W_rowᵀ is
+//     rs·(Σ_c W[r,c]·w_c·h_c - mu·S1_r) + S2_r,
+// S1_r = Σ_c W[r,c]·w_c, S2_r = Σ_c W[r,c]·b_c (mu = 0 for RMSNorm), so
+// the block loads h·w into its tile and the statistics of h at once, and
+// the product needs no pass over the tile and no barrier of its own. The
+// fold (S1 then S2, 2E values each) depends on the weights only and is
+// made by mb_step_fold when they change. (mu·S1 is subtracted in float32:
+// where |mu| is large against σ this keeps fewer digits than normalising
+// first; the fused-step tests hold both norms to the bounds they held the
+// in-place pass to.) kFoldRows: a warp's rows whose S1 and S2 are staged
+// before pdl_wait.
+static const int kFoldRows = 4;
+
+// k_step_fold: fold (2, rows) = [W·w, W·b] for W (rows, D), a warp a row.
+template <typename W>
+__global__ void k_step_fold(float *fold, const W *w, const float *nw, const float *nb,
+                            int64_t rows, int64_t D) {
+    const int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    float s1 = 0.f, s2 = 0.f;
+    for (int64_t c = lane; c < D; c += 32) {
+        const float v = Wv<W>::one(w + r * D + c);
+        s1 += v * nw[c];
+        if (nb) s2 += v * nb[c];
+    }
+    s1 = warp_sum(s1), s2 = warp_sum(s2);
+    if (lane == 0) fold[r] = s1, fold[rows + r] = s2;
+}
+
+// fold_tile loads the SB rows of D values of h (row stride D) for the nb
+// streams present into the tile xs (row stride ldx) multiplied by ws (the
+// norm weight in shared memory, zero past D), zero elsewhere, and writes
+// each warp's statistics of each row of h to st[s·warps + warp].
+template <int SB>
+__device__ __forceinline__ void fold_tile(float *xs, int ldx, const float *h, int64_t D, int nb,
+                                          const float *ws, NormStat *st) {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const bool vec = D % 4 == 0 && (uintptr_t)h % 16 == 0;
+#pragma unroll
+    for (int s = 0; s < SB; s++) {
+        NormStat a = {0.f, 0.f, 0.f};
+        const float *hr = h + (int64_t)s * D;
+        for (int c = 4 * threadIdx.x; c < ldx; c += 4 * blockDim.x) {
+            float x[4];
+            if (s < nb && vec) {
+                const float4 v = __ldg((const float4 *)(hr + c));
+                x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) x[q] = s < nb && c + q < D ? hr[c + q] : 0.f;
+            }
+            const int n = s < nb ? (int)min((int64_t)4, D - c) : 0;
+            float sum = 0.f, m2 = 0.f;
+#pragma unroll
+            for (int q = 0; q < 4; q++) sum += x[q];  // zero past D
+            const float m = n == 4 ? 0.25f * sum : n ? sum / (float)n : 0.f;
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if (q < n) m2 += (x[q] - m) * (x[q] - m);
+            a = stat_merge(a, {(float)n, m, m2});
+            const float4 wv = *(const float4 *)(ws + c);
+            *(float4 *)(xs + s * ldx + c) =
+                make_float4(x[0] * wv.x, x[1] * wv.y, x[2] * wv.z, x[3] * wv.w);
+        }
+        a = warp_stat(a);
+        if (lane == 0) st[s * nw + (threadIdx.x >> 5)] = a;
+    }
+}
+
+// 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D), through the fold above; for
+// each channel e < E the conv follows at once: u = silu(conv(state, xi)),
+// the conv state shifted. z goes to xz (B, 2E) (its first E columns are
+// left alone). Shared memory past the tile: the conv slots (the taps of
+// the warp's first row, loaded before pdl_wait, and its state, right
+// after), the norm weight, the warps' statistics and the warps' staged
+// fold values, in that order (in_smem).
+static size_t in_smem(int64_t D, int SB) {
+    const size_t ldx = (size_t)((D + 3) & ~3), warps = kStepThreads / 32;
+    return (warps * SB * kConvIn + ldx + warps * SB * 3 + warps * kFoldRows * 2) * sizeof(float);
+}
+
+template <typename W, int SB, int NP>
 __global__ void __launch_bounds__(kStepThreads, 4)
-    k_step_in(float *xz, float *u, float *conv, const float *h, const float *nw, const float *nb,
-              float eps, int rms, const float *cw, const float *cb, const W *w, int64_t D,
-              int64_t E, int K, int B, bool vec) {
+    k_step_in(float *xz, float *u, float *conv, const float *h, const float *nw,
+              const float *fold, float eps, int rms, const float *cw, const float *cb,
+              const W *w, int64_t D, int64_t E, int K, int B, bool vec) {
     STEP_T0();
-    RowPre pre;
-    rows_start(pre, w, 2 * E, D, vec);
     extern __shared__ float4 sm_[];
-    const int lane = threadIdx.x & 31, s0 = blockIdx.y * SB, ldx = (int)((D + 3) & ~3);
-    const int64_t r0 = first_row();
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int s0 = blockIdx.y * SB, ldx = (int)((D + 3) & ~3), nb_ = min(SB, B - s0);
+    const int64_t r0 = first_row(), rows = 2 * E, stride = row_stride();
+    float *xs = (float *)sm_;
+    float *c0 = xs + SB * ldx + (wid * SB + lane) * kConvIn;
+    float *ws = xs + SB * ldx + nwarps * SB * kConvIn;
+    NormStat *st = (NormStat *)(ws + ldx);
+    float *fs = (float *)(st + nwarps * SB) + wid * kFoldRows * 2;
+    // The norm weight and the fold values first, then the weights. Each
+    // thread copies the values of ws it reads in fold_tile.
+    const bool wvec = D % 4 == 0 && (uintptr_t)nw % 16 == 0;
+    for (int c = 4 * threadIdx.x; c < ldx; c += 4 * blockDim.x) {
+        if (wvec) {
+            cp_async16(ws + c, nw + c, 16);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                cp_async4(ws + c + q, nw + min((int64_t)(c + q), D - 1), c + q < D ? 4 : 0);
+        }
+    }
+    if (lane < 2 * kFoldRows) {
+        const int64_t r = r0 + (lane >> 1) * stride;
+        if (r < rows) cp_async4(fs + lane, fold + (lane & 1) * rows + r, 4);
+    }
+    RowPre<NP> pre;
+    rows_start(pre, w, rows, D, vec);
     const bool conv0 = lane < SB && s0 + lane < B && r0 < E;
     float *st0 = conv + (int64_t)(s0 + lane) * (K - 1) * E;
-    float *c0 = (float *)sm_ + SB * ldx + ((threadIdx.x >> 5) * SB + lane) * kConvIn;
     if (conv0) {
-        conv_in(c0, nullptr, cw, cb, r0, E, K);
+        for (int k = 0; k < K; k++) cp_async4(c0 + k, cw + r0 * K + k, 4);
+        cp_async4(c0 + 2 * kStepMaxK, cb ? cb + r0 : cw, cb ? 4 : 0);
         for (int k = 0; k < K - 1; k++) prefetch_l2(st0 + (int64_t)k * E + r0);
     }
+    cp_async_commit();
     pdl_wait();
     STEP_T1();
+    // The conv state, in flight while the tile loads.
     if (conv0)
-        for (int k = 0; k < K - 1; k++) c0[kStepMaxK + k] = st0[(int64_t)k * E + r0];
-    // (rows_tile works out ldx and s0 again; handing it these instead made
-    // this kernel, at its 64 registers, spill, and the step 4-17% slower.)
-    int ldx_, s0_, nb_;
-    float *xs = rows_tile<SB>(h, D, B, &ldx_, &s0_, &nb_);
+        for (int k = 0; k < K - 1; k++) cp_async4(c0 + kStepMaxK + k, st0 + (int64_t)k * E + r0, 4);
+    cp_async_commit();
+    cp_async_wait_prior();
+    fold_tile<SB>(xs, ldx, h + (int64_t)s0 * D, D, nb_, ws, st);
+    cp_async_wait();
     __syncthreads();
     STEP_M0();
-    norm_tile<SB>(xs, ldx, nb_, nw, nb, D, eps, rms);
-    __syncthreads();
+    // Lane s finishes stream s's rows: its mean and 1/σ.
+    float mu = 0.f, rs = 0.f;
+    if (lane < nb_) {
+        NormStat a = st[lane * nwarps];
+        for (int i = 1; i < nwarps; i++) a = stat_merge(a, st[lane * nwarps + i]);
+        const float var = a.m2 / a.n + (rms ? a.mean * a.mean : 0.f);
+        mu = rms ? 0.f : a.mean;
+        rs = 1.f / sqrtf(var + eps);
+    }
     STEP_M1();
     tile_rows<W, SB>(
-        w, 2 * E, D, vec, xs, ldx, nb_,
+        w, rows, D, vec, xs, ldx, nb_,
         [&](int64_t r, int s, float v) {
-            int64_t b = s0 + s;
+            const int64_t b = s0 + s;
+            const int j = (int)(r - r0) / (int)stride;
+            const float f1 = j < kFoldRows ? fs[2 * j] : fold[r],
+                        f2 = j < kFoldRows ? fs[2 * j + 1] : fold[rows + r];
+            v = rs * (v - mu * f1) + f2;
             if (r >= E)
                 xz[b * 2 * E + r] = v;
             else if (r == r0)
@@ -483,7 +655,7 @@ template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                 int rms, const W *w, int64_t D, int64_t V, int B, bool vec) {
-    RowPre pre;
+    RowPre<> pre;
     rows_start(pre, w, V, D, vec);
     pdl_wait();
     int ldx, s0, nb_;
@@ -501,7 +673,7 @@ template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B, bool vec) {
     STEP_T0();
-    RowPre pre;
+    RowPre<> pre;
     rows_start(pre, w, rows, E, vec);
     pdl_wait();
     STEP_T1();
@@ -525,7 +697,7 @@ template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec) {
     STEP_T0();
-    RowPre pre;
+    RowPre<> pre;
     rows_start(pre, w, D, E, vec);
     const int lane = threadIdx.x & 31, s0 = blockIdx.y * SB;
     const int64_t r0 = first_row();
@@ -964,17 +1136,6 @@ __device__ __forceinline__ uint32_t cluster_addr(const void *p, uint32_t rank) {
     return r;
 }
 
-// cp_async16 copies 16 bytes from global to shared memory without holding
-// a register, or writes 16 zero bytes when n is 0.
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int n) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
-                     (uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src), "r"(n)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_all;" ::: "memory");
-}
 
 // st_cluster writes v to a shared-memory address of the cluster.
 __device__ __forceinline__ void st_cluster(uint32_t addr, float v) {
@@ -1205,7 +1366,7 @@ static const size_t kStepSpreadSmem = 115u << 10;
 // launch_rows launches the row kernel pick(Tile<SB>{}) (a matrix-vector
 // kernel of the step) with the geometry step_geometry picks for vectors of
 // cols values and rows weight rows, passing it args. kRowsConv: the kernel
-// stages conv inputs past its tile (k_step_in); kRowsSpread: it asks for
+// stages more past its tile (k_step_in, in_smem); kRowsSpread: it asks for
 // kStepSpreadSmem when it has at most one block an SM.
 static const int kRowsConv = 1, kRowsSpread = 2;
 
@@ -1215,7 +1376,7 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, 
     dim3 grid;
     size_t smem;
     if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
-    if (flags & kRowsConv) smem += (size_t)(kStepThreads / 32 * SB * kConvIn) * sizeof(float);
+    if (flags & kRowsConv) smem += in_smem(cols, SB);
     // (Only where kStepSpreadSmem does what it is for: the H100 and H200.)
     if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem &&
         kStepSpreadSmem <= g_smem_block && 2 * kStepSpreadSmem > g_smem_sm)
@@ -1237,12 +1398,18 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, 
     return go(Tile<1>{});
 }
 
+// k_step_in holds a row's first four vectors a lane in registers where a
+// row has at most 4·32 (keeping it within its registers), eight otherwise.
 template <typename W>
 static int step_in(const mb_step_args *a, const W *w) {
-    return launch_rows([](auto t) { return k_step_in<W, decltype(t)::value>; }, a->D, 2 * a->E,
-                       (int)a->B, kRowsConv, a->xz, a->u, a->conv, a->h, a->norm_w, a->norm_b,
-                       a->eps, a->rms, a->conv_w, a->conv_b, w, a->D, a->E, (int)a->K,
-                       (int)a->B, aligned_rows(w, a->D));
+    auto go = [&](auto pick) {
+        return launch_rows(pick, a->D, 2 * a->E, (int)a->B, kRowsConv, a->xz, a->u, a->conv, a->h,
+                           a->norm_w, a->in_fold, a->eps, a->rms, a->conv_w, a->conv_b, w, a->D,
+                           a->E, (int)a->K, (int)a->B, aligned_rows(w, a->D));
+    };
+    if (a->D * (int64_t)sizeof(W) <= 4 * 32 * 16)
+        return go([](auto t) { return k_step_in<W, decltype(t)::value, 4>; });
+    return go([](auto t) { return k_step_in<W, decltype(t)::value, kStepPre>; });
 }
 
 template <typename W>
@@ -1534,6 +1701,10 @@ static int step_block(const mb_step_args *a) {
         return step_block_mma(a);
     }
     if (B <= kStepGemvMaxB) {
+        if (!a->in_fold) {
+            set_err("mb_step_block: in_fold is NULL (see mb_step_fold)");
+            return 1;
+        }
         if (step_in(a, win)) return 1;
         if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
         int64_t threads = 32 * B * E;
@@ -1592,6 +1763,25 @@ extern "C" int mb_step_block(const mb_step_args *a) {
     if (step_check(__func__, a->B, a->D, a->E, a->N, a->K, a->R, a->wtype)) return 1;
     if (a->wtype == 1) return step_block<__nv_bfloat16>(a);
     return step_block<float>(a);
+}
+
+extern "C" int mb_step_fold(float *fold, const void *w, int wtype, const float *norm_w,
+                            const float *norm_b, int64_t rows, int64_t D) {
+    ENTER();
+    if (rows < 1 || D < 1 || rows > INT32_MAX / 32 || (wtype != 0 && wtype != 1)) {
+        set_err("%s: sizes out of range (rows=%lld D=%lld wtype=%d)", __func__, (long long)rows,
+                (long long)D, wtype);
+        return 1;
+    }
+    const unsigned blocks = (unsigned)((rows * 32 + kThreads - 1) / kThreads);
+    if (wtype == 1)
+        k_step_fold<<<blocks, kThreads, 0, g_stream>>>(fold, (const __nv_bfloat16 *)w, norm_w,
+                                                       norm_b, rows, D);
+    else
+        k_step_fold<<<blocks, kThreads, 0, g_stream>>>(fold, (const float *)w, norm_w, norm_b,
+                                                       rows, D);
+    LAUNCHED();
+    return 0;
 }
 
 extern "C" int mb_step_head(float *logits, const float *h, const float *norm_w,

@@ -87,7 +87,10 @@ int main(int argc, char **argv) {
         a.h = h, a.xz = xz, a.xdbl = xdbl, a.u = u, a.g = g, a.xw = xw;
         a.B = 1, a.D = D, a.E = E, a.N = N, a.K = K, a.R = R;
         a.eps = 1e-5f, a.rms = 0, a.wtype = 1;
-        if (!a.in_proj || !a.x_proj || !a.dt_proj || !a.out_proj || !a.conv || !a.ssm) {
+        float *fold = (float *)mb_malloc(4 * E * 4);
+        if (fold) C(mb_step_fold(fold, a.in_proj, 1, a.norm_w, a.norm_b, 2 * E, D));
+        a.in_fold = fold;
+        if (!a.in_fold || !a.in_proj || !a.x_proj || !a.dt_proj || !a.out_proj || !a.conv || !a.ssm) {
             printf("out of memory\n");
             return 1;
         }

@@ -20,7 +20,7 @@ const (
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 11
+const abiVersion = 12
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -85,6 +85,7 @@ type lib struct {
 	adamWRuns    func(param, grad, m, v uintptr, runs []int64, decay []uint8, nruns int64, lr, beta1, beta2, eps, wd, bc1, bc2 float32) int32
 
 	stepBlock    func(a *stepArgs) int32
+	stepFold     func(fold, w uintptr, wtype int32, normW, normB uintptr, rows, D int64) int32
 	stepMMACount func() int64
 	stepHead     func(logits, h, normW, normB, head, xw uintptr, B, D, V int64, eps float32, rms, wtype int32) int32
 	toBF16       func(dst, src uintptr, n int64) int32
@@ -116,6 +117,7 @@ type wholeLayout struct {
 type stepArgs struct {
 	inProj, xProj, dtProj, outProj                  uintptr
 	dtProj32                                        uintptr
+	inFold                                          uintptr
 	normW, normB, convW, convB, dtBias, negA, dskip uintptr
 	h, conv, ssm, xz, xdbl, u, g                    uintptr
 	xw                                              uintptr
@@ -226,6 +228,7 @@ func openLib() (l *lib, err error) {
 	reg(&l.stageIDs, "mb_stage_ids")
 	reg(&l.gemm, "mb_gemm")
 	reg(&l.stepBlock, "mb_step_block")
+	reg(&l.stepFold, "mb_step_fold")
 	reg(&l.stepMMACount, "mb_step_mma_count")
 	reg(&l.stepHead, "mb_step_head")
 	reg(&l.toBF16, "mb_to_bf16")

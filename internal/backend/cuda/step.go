@@ -33,7 +33,11 @@ type stepWeights struct {
 	headW  uintptr
 	buf    backend.Tensor // the bf16 copies (nil in fp32 mode)
 	copies []bf16Copy
-	whole  *wholeWeights // nil: no one-kernel step
+	// fold holds, per layer, mb_step_fold's 4E values for in_proj (as
+	// read) and the layer's norm; the one-stream step reads them.
+	fold  backend.Tensor
+	folds []uintptr
+	whole *wholeWeights // nil: no one-kernel step
 }
 
 // wholeWeights is the one-kernel step's copy of the weights: one buffer in
@@ -73,11 +77,16 @@ func (be *Backend) PrepareStep(layers []backend.StepLayer, head backend.StepHead
 	if head.W == nil || head.W.Len() != sh.V*sh.D {
 		return nil, fmt.Errorf("cuda: fused step: head has %d values, want %d", length(head.W), sh.V*sh.D)
 	}
+	w.fold = be.Alloc(len(layers) * 4 * sh.E)
+	for l := range layers {
+		w.folds = append(w.folds, ptr(w.fold)+uintptr(4*l*4*sh.E))
+	}
 	if be.mode == 0 {
 		for l, ly := range layers {
 			w.mats[l] = [4]uintptr{ptr(ly.InProj), ptr(ly.XProj), ptr(ly.DtProj), ptr(ly.OutProj)}
 		}
 		w.headW = ptr(head.W)
+		w.Refresh()
 		return w, nil
 	}
 	// bf16: one allocation, each matrix starting on a 16-byte boundary.
@@ -187,13 +196,19 @@ func (w *stepWeights) fillWhole() {
 }
 
 // Refresh implements backend.StepWeights: it converts the matrices to bf16
-// again (nothing to do in fp32 mode).
+// again (in bf16 mode) and folds each in_proj as read with its norm.
 func (w *stepWeights) Refresh() {
 	for _, c := range w.copies {
 		w.be.l.check("to bf16", w.be.l.toBF16(c.dst, ptr(c.src), i64(c.n)))
 		keep(c.src)
 	}
 	keep(w.buf)
+	sh := w.shape
+	for l, ly := range w.layers {
+		w.be.l.check("fold in_proj", w.be.l.stepFold(w.folds[l], w.mats[l][0], w.wtype, ptr(ly.Norm), ptr(ly.NormB), i64(2*sh.E), i64(sh.D)))
+		keep(ly.Norm, ly.NormB, ly.InProj)
+	}
+	keep(w.fold)
 	if w.whole != nil {
 		w.fillWhole()
 	}
@@ -201,7 +216,7 @@ func (w *stepWeights) Refresh() {
 
 // Free implements backend.StepWeights.
 func (w *stepWeights) Free() {
-	w.buf, w.copies, w.mats, w.whole = nil, nil, nil, nil
+	w.buf, w.copies, w.mats, w.whole, w.fold, w.folds = nil, nil, nil, nil, nil, nil
 }
 
 func (be *Backend) stepWeightsOf(sw backend.StepWeights) *stepWeights {
@@ -217,7 +232,7 @@ func (be *Backend) StepBlock(sw backend.StepWeights, l int, h, conv, ssm backend
 	w := be.stepWeightsOf(sw)
 	sh, ly, m := w.shape, w.layers[l], w.mats[l]
 	a := &stepArgs{
-		inProj: m[0], xProj: m[1], dtProj: m[2], outProj: m[3], dtProj32: ptr(ly.DtProj),
+		inProj: m[0], xProj: m[1], dtProj: m[2], outProj: m[3], dtProj32: ptr(ly.DtProj), inFold: w.folds[l],
 		normW: ptr(ly.Norm), normB: ptr(ly.NormB), convW: ptr(ly.ConvW), convB: ptr(ly.ConvB),
 		dtBias: ptr(ly.DtBias), negA: ptr(ly.NegA), dskip: ptr(ly.DSkip),
 		h: ptr(h), conv: ptr(conv), ssm: ptr(ssm),
@@ -226,7 +241,7 @@ func (be *Backend) StepBlock(sw backend.StepWeights, l int, h, conv, ssm backend
 		eps: sh.Eps, rms: b32(sh.RMS), wtype: w.wtype,
 	}
 	be.l.check("step block", be.l.stepBlock(a))
-	keep(h, conv, ssm, s.XZ, s.XDbl, s.U, s.G, s.XW, w.buf)
+	keep(h, conv, ssm, s.XZ, s.XDbl, s.U, s.G, s.XW, w.buf, w.fold)
 	keep(ly.Norm, ly.NormB, ly.InProj, ly.ConvW, ly.ConvB, ly.XProj, ly.DtProj, ly.DtBias, ly.NegA, ly.DSkip, ly.OutProj)
 }
 

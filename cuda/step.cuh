@@ -130,10 +130,10 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
 
 // RowPre holds, in registers, the first NP (kStepPre unless a kernel's
 // rows are shorter) 16-byte vectors a lane reads of its warp's first
-// weight row (vectors lane, lane+32, ...): a
-// matrix-vector kernel of the step loads them before it waits for the
-// kernels before it, so that the weights it needs first are on chip when
-// its vectors arrive. The rest of its rows it asks L2 for.
+// weight row (vectors lane, lane+32, ...): a matrix-vector kernel of the
+// step loads them before it waits for the kernels before it, so that the
+// weights it needs first are on chip when its vectors arrive. The rest of
+// its rows it asks L2 for.
 static const int kStepPre = 8;
 
 template <int NP = kStepPre>
@@ -1771,6 +1771,10 @@ extern "C" int mb_step_fold(float *fold, const void *w, int wtype, const float *
     if (rows < 1 || D < 1 || rows > INT32_MAX / 32 || (wtype != 0 && wtype != 1)) {
         set_err("%s: sizes out of range (rows=%lld D=%lld wtype=%d)", __func__, (long long)rows,
                 (long long)D, wtype);
+        return 1;
+    }
+    if (!fold || !w || !norm_w) {
+        set_err("%s: fold, w and norm_w must not be NULL", __func__);
         return 1;
     }
     const unsigned blocks = (unsigned)((rows * 32 + kThreads - 1) / kThreads);

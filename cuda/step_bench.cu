@@ -10,8 +10,9 @@
 // the number of SMs its blocks ran on, and times relative to the end of
 // the kernel before (its last block): the first and last block's start,
 // wait and end, then the mean over blocks of the time from a block's wait
-// to two midpoints (the tile loaded; in_proj: the norm done, the others:
-// the product done). Reading the timer takes time too: the midpoints are
+// to two midpoints (the tile loaded, in in_proj with the norm's partial
+// statistics; then in_proj: the statistics merged, the others: the
+// product done). Reading the timer takes time too: the midpoints are
 // a guide, the step time the measure.
 #define STEP_TRACE
 #include "kernels.cu"

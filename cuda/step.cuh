@@ -343,9 +343,9 @@ __device__ __forceinline__ void prefetch_range(const void *p, int64_t bytes) {
 template <typename W, int NP>
 __device__ __forceinline__ void prefetch_rows(const W *w, int64_t rows, int64_t cols,
                                               const RowPre<NP> &pre) {
-    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    int64_t bytes = cols * (int64_t)sizeof(W);
-    for (int64_t r = first_row(); r < rows; r += (int64_t)gridDim.x * nw) {
+    const int lane = threadIdx.x & 31;
+    const int64_t bytes = cols * (int64_t)sizeof(W);
+    for (int64_t r = first_row(); r < rows; r += row_stride()) {
         const char *row = (const char *)(w + r * cols);
         int64_t from = r == pre.row ? (int64_t)NP * 32 * 16 : 0;
         for (int64_t off = from + (int64_t)lane * 128; off < bytes; off += 32 * 128)

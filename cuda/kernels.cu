@@ -131,6 +131,10 @@ static size_t g_i32_bytes[2] = {0, 0};
 static double *g_result = nullptr;
 static const int64_t kStagedIDs = 1 << 20;
 static int32_t *g_staged = nullptr;
+// g_xacc: the one-stream step's x_proj sums in fixed point (step.cuh,
+// kXAccMax values), zero between steps; allocated once, like g_staged.
+static const int64_t kXAccMax = 1025;
+static long long *g_xacc = nullptr;
 
 // grow makes *buf a device buffer of at least bytes (*have its size),
 // reallocating with room to spare. Work launched earlier may still use the
@@ -480,6 +484,8 @@ extern "C" int mb_init(int device, int sync) {
     CKB(cublasSetWorkspace(g_blas, g_blas_ws, kBlasWorkspace));
     CK(cudaMalloc(&g_result, sizeof(double)));
     CK(cudaMalloc(&g_staged, (size_t)kStagedIDs * sizeof(int32_t)));
+    CK(cudaMalloc(&g_xacc, (size_t)kXAccMax * sizeof(long long)));
+    CK(cudaMemset(g_xacc, 0, (size_t)kXAccMax * sizeof(long long)));
     g_device = device;
     g_sync = sync ? 1 : 0;
     g_ready = 1;

@@ -15,6 +15,11 @@
 //                   g = (Ct·s + Dskip·u)·silu(z)
 //   4. k_step_out:  h += g·W_outᵀ                                   (B,D)
 //
+// Where the sizes allow (x_fused), kernel 2 is not launched: kernel 1's
+// blocks add their channels' shares of u·W_xᵀ into fixed-point sums that
+// the scan reads ("x_proj inside in_proj" below), so a layer is three
+// kernels.
+//
 // Kernels 1, 2 and 4 (and the head) are matrix-vector products by rows of
 // a weight: each block first loads the vectors of a tile of streams into
 // shared memory (in kernel 1 times the norm's weight, with the norm's
@@ -557,6 +562,28 @@ __device__ __forceinline__ void fold_tile(float *xs, int ldx, const float *h, in
     }
 }
 
+// x_proj inside in_proj (one stream). xdbl = u·W_xᵀ is a sum over the
+// channels, and in_proj's blocks make u: a block's warps take rows r0 + w
+// (w < 8) of each round r0 = 8·blockIdx.x + j·stride, so a round's
+// channels are eight neighbours. Each block that makes channels leaves
+// their u in shared memory, sums u·W_x over them for every output k
+// (W_x[k, eight channels] staged by cp.async before pdl_wait for the first
+// round) and adds the sums into g_xacc. The adds are 64-bit integer adds of
+// the sums in fixed point (2^-kXAccFrac steps): integer addition does not
+// depend on the order the blocks arrive in, so the step stays bitwise
+// repeatable, which float atomics would not. A block's sum of at least
+// kXAccLimit in magnitude (or NaN) sets the flag g_xacc[J] instead, and the
+// scan then reads NaN for the whole of xdbl: out of range, the step's
+// output is NaN, never a wrapped sum. (With at most kXAccBlocks blocks
+// the total stays below 2^(63-kXAccFrac).) The scan reads the sums, and
+// out_proj, which runs after the scan, sets them back to zero. This saves
+// the x_proj kernel and its wait; MAMBABYTE_CUDA_STEP_FUSE_X=0 keeps the
+// kernel (for comparisons).
+static const int kXRounds = 4;       // rounds of channels a block may make
+static const int kXAccFrac = 30;     // fraction bits of the fixed point
+static const float kXAccLimit = 4194304.f;  // 2^22
+static const int kXAccBlocks = 1024;
+
 // 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D), through the fold above; for
 // each channel e < E the conv follows at once: u = silu(conv(state, xi)),
 // the conv state shifted. z goes to xz (B, 2E) (its first E columns are
@@ -564,16 +591,21 @@ __device__ __forceinline__ void fold_tile(float *xs, int ldx, const float *h, in
 // the warp's first row, loaded before pdl_wait, and its state, right
 // after), the norm weight, the warps' statistics and the warps' staged
 // fold values, in that order (in_smem).
-static size_t in_smem(int64_t D, int SB) {
+__host__ __device__ static size_t in_smem_floats(int64_t D, int SB) {
     const size_t ldx = (size_t)((D + 3) & ~3), warps = kStepThreads / 32;
-    return (warps * SB * kConvIn + ldx + warps * SB * 3 + warps * kFoldRows * 2) * sizeof(float);
+    const size_t n = warps * SB * kConvIn + ldx + warps * SB * 3 + warps * kFoldRows * 2;
+    return (n + kXRounds * warps + 3) & ~(size_t)3;
+}
+static size_t in_smem(int64_t D, int SB, size_t xw_bytes) {
+    return in_smem_floats(D, SB) * sizeof(float) + xw_bytes;
 }
 
 template <typename W, int SB, int NP>
 __global__ void __launch_bounds__(kStepThreads, 4)
     k_step_in(float *xz, float *u, float *conv, const float *h, const float *nw,
               const float *fold, float eps, int rms, const float *cw, const float *cb,
-              const W *w, int64_t D, int64_t E, int K, int B, bool vec) {
+              const W *w, int64_t D, int64_t E, int K, int B, bool vec, long long *xacc,
+              const W *wx, int J, bool xvec) {
     STEP_T0();
     extern __shared__ float4 sm_[];
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -584,6 +616,12 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     float *ws = xs + SB * ldx + nwarps * SB * kConvIn;
     NormStat *st = (NormStat *)(ws + ldx);
     float *fs = (float *)(st + nwarps * SB) + wid * kFoldRows * 2;
+    // x_proj's share (xacc set: one stream): the block's u values, a round
+    // of its rows at a time, and W_x's slices for its first round.
+    const int64_t xb = (int64_t)blockIdx.x * nwarps;
+    const bool xpart = xacc && xb < E;
+    float *su = (float *)(st + nwarps * SB) + nwarps * kFoldRows * 2;
+    W *sxw = (W *)(xs + SB * ldx + in_smem_floats(D, SB));
     // The norm weight and the fold values first, then the weights. Each
     // thread copies the values of ws it reads in fold_tile.
     const bool wvec = D % 4 == 0 && (uintptr_t)nw % 16 == 0;
@@ -599,6 +637,14 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     if (lane < 2 * kFoldRows) {
         const int64_t r = r0 + (lane >> 1) * stride;
         if (r < rows) cp_async4(fs + lane, fold + (lane & 1) * rows + r, 4);
+    }
+    // xvec: E % 8 == 0 and W_x 16-byte aligned, so a slice is 16 or 32
+    // bytes in place (nwarps is 8).
+    if (xpart && xvec) {
+        constexpr int q = 8 * sizeof(W) / 16;  // 16-byte pieces a slice
+        for (int i = threadIdx.x; i < J * q; i += blockDim.x)
+            cp_async16(sxw + i * 16 / sizeof(W), wx + (i / q) * E + xb + (i % q) * 16 / sizeof(W),
+                       16);
     }
     RowPre<NP> pre;
     rows_start(pre, w, rows, D, vec);
@@ -639,14 +685,44 @@ __global__ void __launch_bounds__(kStepThreads, 4)
             const float f1 = j < kFoldRows ? fs[2 * j] : fold[r],
                         f2 = j < kFoldRows ? fs[2 * j + 1] : fold[rows + r];
             v = rs * (v - mu * f1) + f2;
-            if (r >= E)
+            if (r >= E) {
                 xz[b * 2 * E + r] = v;
-            else if (r == r0)
-                u[b * E + r] = conv_out(c0, st0, v, r, E, K);
-            else
-                u[b * E + r] = conv_step(conv + b * (K - 1) * E, v, cw, cb, r, E, K);
+                return;
+            }
+            const float uv = r == r0 ? conv_out(c0, st0, v, r, E, K)
+                                     : conv_step(conv + b * (K - 1) * E, v, cw, cb, r, E, K);
+            u[b * E + r] = uv;
+            if (xpart) su[j * nwarps + wid] = uv;
         },
         pre);
+    if (xpart) {
+        __syncthreads();
+        const int rounds = (int)min((int64_t)kXRounds, (E - xb + stride - 1) / stride);
+        for (int k = threadIdx.x; k < J; k += blockDim.x) {
+            float p = 0.f;
+            for (int j = 0; j < rounds; j++) {
+                const int64_t cx = xb + j * stride;
+                float wv[8];
+                if (j == 0 && xvec) {
+                    const uint4 *p4 = (const uint4 *)(sxw + 8 * k);
+#pragma unroll
+                    for (int q = 0; q < 8 / Wv<W>::n; q++) Wv<W>::cvt(p4[q], wv + q * Wv<W>::n);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        wv[i] = cx + i < E ? Wv<W>::one(wx + k * E + cx + i) : 0.f;
+                }
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    if (cx + i < E) p = fmaf(wv[i], su[j * nwarps + i], p);
+            }
+            if (fabsf(p) < kXAccLimit)
+                atomicAdd((unsigned long long *)xacc + k,
+                          (unsigned long long)__float2ll_rn(p * (float)(1 << kXAccFrac)));
+            else
+                atomicOr((unsigned long long *)xacc + J, 1ull);
+        }
+    }
     STEP_T2(1);
 }
 
@@ -692,10 +768,12 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 }
 
 // 4. h (B,D) += g·W_outᵀ, W_out (D, E). The h value of the warp's first row
-// is read as soon as the kernels before have finished.
+// is read as soon as the kernels before have finished. xacc (J + 1 values),
+// when set, is zeroed.
 template <typename W, int SB>
 __global__ void __launch_bounds__(kStepThreads, 4)
-    k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec) {
+    k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec,
+               long long *xacc, int J) {
     STEP_T0();
     RowPre<> pre;
     rows_start(pre, w, D, E, vec);
@@ -703,6 +781,9 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     const int64_t r0 = first_row();
     pdl_wait();
     STEP_T1();
+    // The scan has read in_proj's x_proj sums: zero them for the next layer.
+    if (xacc && blockIdx.x == 0 && blockIdx.y == 0)
+        for (int k = threadIdx.x; k <= J; k += blockDim.x) xacc[k] = 0;
     float h0 = 0.f;
     if (lane < SB && s0 + lane < B && r0 < D) h0 = h[(int64_t)(s0 + lane) * D + r0];
     int ldx, s0_, nb_;
@@ -728,7 +809,7 @@ template <typename W>
 __global__ void __launch_bounds__(kStepThreads)
     k_step_scan(float *g, float *ssm, const float *xz, const float *xdbl, int64_t ldbc,
                 const float *u, const W *wdt, const float *dtb, const float *A,
-                const float *dskip, int64_t E, int N, int R, int B) {
+                const float *dskip, int64_t E, int N, int R, int B, const long long *xacc) {
     STEP_T0();
     int64_t idx = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
@@ -749,12 +830,20 @@ __global__ void __launch_bounds__(kStepThreads)
     pdl_wait();
     STEP_T1();
     const float *xr = xdbl + (int64_t)b * ldbc;
+    // xdbl from in_proj's fixed-point sums (xacc set, one stream) or as
+    // x_proj wrote it.
+    // (The flag enters as an addend, so that no load waits for it.)
+    const float bad = xacc && xacc[ldbc] != 0 ? __int_as_float(0x7fffffff) : 0.f;
+    auto x = [&](int64_t j) {
+        if (!xacc) return xr[j];
+        return fmaf(__ll2float_rn(xacc[j]), 1.f / (float)(1 << kXAccFrac), bad);
+    };
     float uu = u[idx], zz = xz[(int64_t)b * 2 * E + E + e];
-    float raw = (lane < R ? w0 * xr[lane] : 0.f) + (lane + 32 < R ? w1 * xr[lane + 32] : 0.f);
-    for (int r = lane + 64; r < R; r += 32) raw += Wv<W>::one(wr + r) * xr[r];
+    float raw = (lane < R ? w0 * x(lane) : 0.f) + (lane + 32 < R ? w1 * x(lane + 32) : 0.f);
+    for (int r = lane + 64; r < R; r += 32) raw += Wv<W>::one(wr + r) * x(r);
     // States n = lane + 32j; most models have N <= 32 (one per lane).
     float sv = 0.f, bv = 0.f, cv = 0.f;
-    if (lane < N) sv = s[lane], bv = xr[R + lane], cv = xr[R + N + lane];
+    if (lane < N) sv = s[lane], bv = x(R + lane), cv = x(R + N + lane);
     raw = warp_sum(raw);
     STEP_M0();
     float delta = softplus_(raw + bias);
@@ -766,9 +855,9 @@ __global__ void __launch_bounds__(kStepThreads)
         yp = cv * v;
     }
     for (int n = lane + 32; n < N; n += 32) {
-        float v = expf(delta * a[n]) * s[n] + du * xr[R + n];
+        float v = expf(delta * a[n]) * s[n] + du * x(R + n);
         s[n] = v;
-        yp += xr[R + N + n] * v;
+        yp += x(R + N + n) * v;
     }
     yp = warp_sum(yp);
     STEP_M1();
@@ -1366,17 +1455,19 @@ static const size_t kStepSpreadSmem = 115u << 10;
 // launch_rows launches the row kernel pick(Tile<SB>{}) (a matrix-vector
 // kernel of the step) with the geometry step_geometry picks for vectors of
 // cols values and rows weight rows, passing it args. kRowsConv: the kernel
-// stages more past its tile (k_step_in, in_smem); kRowsSpread: it asks for
-// kStepSpreadSmem when it has at most one block an SM.
+// stages more past its tile (k_step_in, in_smem, with xw_bytes of W_x
+// slices); kRowsSpread: it asks for kStepSpreadSmem when it has at most one
+// block an SM.
 static const int kRowsConv = 1, kRowsSpread = 2;
 
 template <class Pick, class... Args>
-static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, Args... args) {
+static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, size_t xw_bytes,
+                       Args... args) {
     int SB;
     dim3 grid;
     size_t smem;
     if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
-    if (flags & kRowsConv) smem += in_smem(cols, SB);
+    if (flags & kRowsConv) smem += in_smem(cols, SB, xw_bytes);
     // (Only where kStepSpreadSmem does what it is for: the H100 and H200.)
     if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem &&
         kStepSpreadSmem <= g_smem_block && 2 * kStepSpreadSmem > g_smem_sm)
@@ -1398,14 +1489,37 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, 
     return go(Tile<1>{});
 }
 
+// x_fused says whether in_proj takes x_proj's work (see kXRounds) for a
+// step of these sizes, and gives W_x's staged bytes (*xw_bytes: when its
+// slices are 16-byte aligned, else 0).
+template <typename W>
+static bool x_fused(const mb_step_args *a, const W *wx, size_t *xw_bytes) {
+    *xw_bytes = 0;
+    int SB;
+    dim3 grid;
+    size_t smem;
+    const int64_t J = a->R + 2 * a->N;
+    static_assert(kStepThreads == 256, "a round of in_proj's rows is eight channels");
+    if (a->B != 1 || J + 1 > kXAccMax || switched_off("MAMBABYTE_CUDA_STEP_FUSE_X") ||
+        step_geometry(a->D, 2 * a->E, 1, &SB, &grid, &smem) || grid.x > (unsigned)kXAccBlocks)
+        return false;
+    const int64_t stride = (int64_t)grid.x * (kStepThreads / 32);
+    if ((a->E + stride - 1) / stride > kXRounds) return false;
+    if (a->E % 8 == 0 && (uintptr_t)wx % 16 == 0) *xw_bytes = (size_t)J * 8 * sizeof(W);
+    return true;
+}
+
 // k_step_in holds a row's first four vectors a lane in registers where a
 // row has at most 4·32 (keeping it within its registers), eight otherwise.
+// With xacc set it also makes x_proj's sums (x_fused).
 template <typename W>
-static int step_in(const mb_step_args *a, const W *w) {
+static int step_in(const mb_step_args *a, const W *w, long long *xacc, size_t xw_bytes) {
     auto go = [&](auto pick) {
-        return launch_rows(pick, a->D, 2 * a->E, (int)a->B, kRowsConv, a->xz, a->u, a->conv, a->h,
-                           a->norm_w, a->in_fold, a->eps, a->rms, a->conv_w, a->conv_b, w, a->D,
-                           a->E, (int)a->K, (int)a->B, aligned_rows(w, a->D));
+        return launch_rows(pick, a->D, 2 * a->E, (int)a->B, kRowsConv, xw_bytes, a->xz, a->u,
+                           a->conv, a->h, a->norm_w, a->in_fold, a->eps, a->rms, a->conv_w,
+                           a->conv_b, w, a->D, a->E, (int)a->K, (int)a->B,
+                           aligned_rows(w, a->D), xacc, (const W *)a->x_proj,
+                           (int)(a->R + 2 * a->N), xw_bytes != 0);
     };
     if (a->D * (int64_t)sizeof(W) <= 4 * 32 * 16)
         return go([](auto t) { return k_step_in<W, decltype(t)::value, 4>; });
@@ -1415,20 +1529,21 @@ static int step_in(const mb_step_args *a, const W *w) {
 template <typename W>
 static int step_head(float *logits, const float *h, const float *nw, const float *nb, float eps,
                      int rms, const W *w, int64_t D, int64_t V, int B) {
-    return launch_rows([](auto t) { return k_step_head<W, decltype(t)::value>; }, D, V, B, 0,
+    return launch_rows([](auto t) { return k_step_head<W, decltype(t)::value>; }, D, V, B, 0, 0,
                        logits, h, nw, nb, eps, rms, w, D, V, B, aligned_rows(w, D));
 }
 
 template <typename W>
 static int step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t E, int B) {
     return launch_rows([](auto t) { return k_step_x<W, decltype(t)::value>; }, E, rows, B,
-                       kRowsSpread, xdbl, u, w, rows, E, B, aligned_rows(w, E));
+                       kRowsSpread, 0, xdbl, u, w, rows, E, B, aligned_rows(w, E));
 }
 
 template <typename W>
-static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B) {
+static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B,
+                    long long *xacc, int J) {
     return launch_rows([](auto t) { return k_step_out<W, decltype(t)::value>; }, E, D, B,
-                       kRowsSpread, h, g, w, D, E, B, aligned_rows(w, E));
+                       kRowsSpread, 0, h, g, w, D, E, B, aligned_rows(w, E), xacc, J);
 }
 
 template <typename W>
@@ -1705,15 +1820,18 @@ static int step_block(const mb_step_args *a) {
             set_err("mb_step_block: in_fold is NULL (see mb_step_fold)");
             return 1;
         }
-        if (step_in(a, win)) return 1;
-        if (step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
+        size_t xw_bytes;
+        long long *xacc = x_fused(a, wx, &xw_bytes) ? g_xacc : nullptr;
+        if (step_in(a, win, xacc, xw_bytes)) return 1;
+        if (!xacc && step_x(a->xdbl, a->u, wx, ldbc, E, (int)B)) return 1;
         int64_t threads = 32 * B * E;
         dim3 grid((unsigned)((threads + kStepThreads - 1) / kStepThreads));
-        if (launch_pdl(k_step_scan<W>, grid, 0, a->g, a->ssm, a->xz, a->xdbl, ldbc,
-                       a->u, wdt, a->dt_bias, a->neg_a, a->dskip, E, (int)N, (int)R, (int)B))
+        if (launch_pdl(k_step_scan<W>, grid, 0, a->g, a->ssm, a->xz, a->xdbl, ldbc, a->u, wdt,
+                       a->dt_bias, a->neg_a, a->dskip, E, (int)N, (int)R, (int)B,
+                       (const long long *)xacc))
             return 1;
         LAUNCHED();
-        return step_out(a->h, a->g, wout, D, E, (int)B);
+        return step_out(a->h, a->g, wout, D, E, (int)B, xacc, (int)ldbc);
     }
     if (step_norm_gemm(a->xz, 2 * E, xw, a->h, a->norm_w, a->norm_b, a->eps, a->rms, win, 2 * E,
                        D, B))

@@ -2,6 +2,7 @@ package cuda_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -21,7 +22,9 @@ import (
 // One stream in bf16 mode runs block by block, and with
 // MAMBABYTE_CUDA_WHOLE=1 or global through the one-kernel step
 // (whole.cuh) in its two ways of reading the weights; all three are
-// checked.
+// checked. Block by block, one stream is checked in both precisions with
+// x_proj inside in_proj (the default) and as its own kernel
+// (MAMBABYTE_CUDA_STEP_FUSE_X=0).
 //
 // On weights far off their initialisation in bf16 mode the reference is
 // the CPU model with the same matrices rounded to bf16 (roundMatrices),
@@ -67,6 +70,12 @@ func TestFusedStep(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/%s/B%d", prec.name, name, B), func(t *testing.T) {
 						fusedStep(t, prec, cfgs[name], B)
 					})
+					if B == 1 {
+						t.Run(fmt.Sprintf("%s/%s/B%d/fuse_x=0", prec.name, name, B), func(t *testing.T) {
+							t.Setenv("MAMBABYTE_CUDA_STEP_FUSE_X", "0")
+							fusedStep(t, prec, cfgs[name], B)
+						})
+					}
 					continue
 				}
 				if B > 1 {
@@ -86,6 +95,10 @@ func TestFusedStep(t *testing.T) {
 				// One stream in bf16: the step block by block (the
 				// default), and the one-kernel step with its weights
 				// staged in shared memory or read from global memory.
+				t.Run(fmt.Sprintf("%s/%s/B%d/fuse_x=0", prec.name, name, B), func(t *testing.T) {
+					t.Setenv("MAMBABYTE_CUDA_STEP_FUSE_X", "0")
+					fusedStep(t, prec, cfgs[name], B)
+				})
 				for _, whole := range []string{"", "1", "global"} {
 					t.Run(fmt.Sprintf("%s/%s/B%d/whole=%q", prec.name, name, B, whole), func(t *testing.T) {
 						t.Setenv("MAMBABYTE_CUDA_WHOLE", whole)
@@ -147,5 +160,45 @@ func fusedStep(t *testing.T, prec precision, cfg model.Config, B int) {
 	}
 	if gsp.Graphs() == 0 {
 		t.Errorf("the fused Stepper recorded no graph")
+	}
+}
+
+// One stream's x_proj sums move in fixed point when in_proj makes them
+// (step.cuh, kXAccLimit): a sum out of that range must turn the step's
+// output into NaN, not into a wrapped value. The dt rows of x_proj are
+// scaled far past the range (Δ then is huge, which the float32 path
+// carries through to finite logits).
+func TestFusedStepXRange(t *testing.T) {
+	for _, prec := range precisions(t)[:2] {
+		cfg := modelConfigs()["d96"]
+		_, gm := twins(t, cfg, prec.g, 5, 0)
+		p := gm.ParamsHost()
+		x := p[model.LayerPrefix(0)+model.SufXProj]
+		for i := range cfg.Rank() * cfg.DInner() {
+			x[i] *= 1e8
+		}
+		if err := gm.SetParams(p); err != nil {
+			t.Fatal(err)
+		}
+		for _, fuse := range []string{"", "0"} {
+			t.Run(fmt.Sprintf("%s/fuse_x=%q", prec.name, fuse), func(t *testing.T) {
+				t.Setenv("MAMBABYTE_CUDA_STEP_FUSE_X", fuse)
+				logits, err := gm.NewStepper(1).Step(gm.NewState(1), []int32{65})
+				if err != nil {
+					t.Fatal(err)
+				}
+				nans := 0
+				for _, v := range logits {
+					if math.IsNaN(float64(v)) {
+						nans++
+					} else if math.IsInf(float64(v), 0) {
+						t.Fatalf("logit %v", v)
+					}
+				}
+				if want := map[bool]int{true: len(logits), false: 0}[fuse == ""]; nans != want {
+					t.Errorf("%d of %d logits are NaN, want %d", nans, len(logits), want)
+				}
+			})
+		}
 	}
 }

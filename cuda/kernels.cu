@@ -135,6 +135,11 @@ static int32_t *g_staged = nullptr;
 // kXAccMax values), zero between steps; allocated once, like g_staged.
 static const int64_t kXAccMax = 1025;
 static long long *g_xacc = nullptr;
+// g_xacc_many: the same sums for the many-stream cuBLAS path, a row of
+// J + 1 values a stream (kXAccManyMax in all), zeroed by the norm before
+// each layer.
+static const int64_t kXAccManyMax = 1 << 17;
+static long long *g_xacc_many = nullptr;
 
 // grow makes *buf a device buffer of at least bytes (*have its size),
 // reallocating with room to spare. Work launched earlier may still use the
@@ -486,6 +491,7 @@ extern "C" int mb_init(int device, int sync) {
     CK(cudaMalloc(&g_staged, (size_t)kStagedIDs * sizeof(int32_t)));
     CK(cudaMalloc(&g_xacc, (size_t)kXAccMax * sizeof(long long)));
     CK(cudaMemset(g_xacc, 0, (size_t)kXAccMax * sizeof(long long)));
+    CK(cudaMalloc(&g_xacc_many, (size_t)kXAccManyMax * sizeof(long long)));
     g_device = device;
     g_sync = sync ? 1 : 0;
     g_ready = 1;

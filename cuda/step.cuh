@@ -40,7 +40,10 @@
 // kStepMmaMaxB streams take the same steps on tensor cores, chained the
 // same way (norm, in_proj + conv, x_proj, scan, out_proj; "The tensor-core
 // path" below); more streams, or float32 weights, go to cuBLAS, on
-// operands of the weight's type that small kernels build.
+// operands of the weight's type that small kernels build. On bf16 weights
+// that path, too, launches no x_proj product (many_x_fused): its conv
+// kernel makes the fixed-point sums (k_step_conv_x), and the scan, chained
+// behind it, reads them.
 //
 // Weights are float32 or bf16 (wtype 0 or 1: bf16 copies made by
 // mb_to_bf16); everything else is float32, and products accumulate in
@@ -978,7 +981,8 @@ __global__ void __launch_bounds__(kStepThreads, 4)
                      const float *__restrict__ xz, const float *__restrict__ xdbl, int64_t ldbc,
                      const float *__restrict__ u, const W *__restrict__ wdt,
                      const float *__restrict__ dtb, const float *__restrict__ A,
-                     const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained) {
+                     const float *__restrict__ dskip, int64_t E, int R, int64_t B, int chained,
+                     const long long *__restrict__ xacc) {
     constexpr int N = 4 * P, Q = SB < P ? SB : P, SQ = SB / Q;
     extern __shared__ float4 sm_[];
     const int G = (R + 4 * P - 1) / (4 * P), Rp = 4 * P * G, J = Rp + 2 * N;
@@ -1016,12 +1020,20 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     a2.z *= 1.4426950408889634f, a2.w *= 1.4426950408889634f;
     const float bias = dtb ? dtb[e] : 0.f, dsk = dskip[e];
     pdl_wait();
+    // xdbl as x_proj wrote it, or from k_step_conv_x's fixed-point sums
+    // (xacc set: rows of ldbc + 1, the last a flag entering as an addend).
 #pragma unroll
     for (int s = 0; s < SB; s++) {
         if (s >= nb) break;
+        const long long *xa = xacc ? xacc + (b0 + s) * (ldbc + 1) : nullptr;
+        const float bad = xa && xa[ldbc] != 0 ? __int_as_float(0x7fffffff) : 0.f;
         for (int j = threadIdx.x; j < J; j += blockDim.x) {
             const int src = j < Rp ? j : j - Rp + R;
-            xs[s * J + j] = j < R || j >= Rp ? xdbl[(b0 + s) * ldbc + src] : 0.f;
+            float v = 0.f;
+            if (j < R || j >= Rp)
+                v = xa ? fmaf(__ll2float_rn(xa[src]), 1.f / (float)(1 << kXAccFrac), bad)
+                       : xdbl[(b0 + s) * ldbc + src];
+            xs[s * J + j] = v;
         }
     }
     float4 sv[SB];
@@ -1099,9 +1111,13 @@ static const int kNormPre = 8;
 
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
-                               float eps, int rms, int64_t D) {
+                               float eps, int rms, int64_t D, long long *xacc, int J1) {
     const int b = blockIdx.x;
     pdl_start();  // both no-ops unless launched chained
+    // The stream's row of x_proj's fixed-point sums (k_step_conv_x), when
+    // set: the scan that read it last has finished.
+    if (xacc)
+        for (int j = threadIdx.x; j < J1; j += blockDim.x) xacc[(int64_t)b * J1 + j] = 0;
     const bool pre = D <= (int64_t)kNormPre * blockDim.x;
     float wv[kNormPre], bv[kNormPre];
 #pragma unroll
@@ -1367,6 +1383,100 @@ struct EpiAdd {
     }
 };
 
+// The many-stream cuBLAS path's conv with x_proj inside it (bf16 weights):
+// x_proj's sums, xdbl = u·W_xᵀ, are made where u is, and added into
+// g_xacc_many in fixed point as in the one-stream step (kXRounds; a row of
+// J + 1 values a stream, the last its range flag), so that the step needs
+// no x_proj product and the scan, launched chained, asks for its states
+// while this kernel runs. A block takes kCxChannels channels of kCxStreams
+// streams. Before pdl_wait it stages its slice of W_x (J rows, padded with
+// zeros to 16·MT) by cp.async and loads its channels' conv taps and states
+// (the states are this layer's, written a step ago); after it, the conv of
+// each (stream, channel), u to global memory as float32 and to shared
+// memory as bf16. Then the sums: the 32-channel chunks by the 16-row tiles
+// of W_x are shared among the warps, each an m16n8k16 product pair with
+// the eight streams as columns (loaded as k_step_mm loads, channels 8t..8t+7
+// feeding two steps), whose partials land in shared memory and are added
+// over the chunks in a fixed order before the integer adds.
+static const int kCxChannels = 128, kCxStreams = 8, kCxPer = kCxChannels * kCxStreams / 256;
+static const int kCxChunks = kCxChannels / 32;
+static const int kCxRow = kCxChannels * 2 + 16;  // bytes of a staged row: distinct banks
+
+static size_t cx_smem(int J) {
+    const size_t rows = (size_t)(J + 15) / 16 * 16;
+    return (rows + kCxStreams) * kCxRow + (size_t)kCxChunks * rows * kCxStreams * sizeof(float);
+}
+
+__global__ void __launch_bounds__(256)
+    k_step_conv_x(float *u, const float *xz, float *conv, const float *cw, const float *cb,
+                  const __nv_bfloat16 *wx, long long *xacc, int64_t E, int K, int64_t B, int J) {
+    extern __shared__ float4 sm_[];
+    const int MT = (J + 15) / 16, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    char *sw = (char *)sm_, *su = sw + (size_t)MT * 16 * kCxRow;
+    float *part = (float *)(su + kCxStreams * kCxRow);  // [chunk][16·MT][stream]
+    const int64_t e0 = (int64_t)blockIdx.x * kCxChannels, b0 = (int64_t)blockIdx.y * kCxStreams;
+    const int nb = (int)min((int64_t)kCxStreams, B - b0);
+    pdl_start();
+    // W_x's slice: 16 bytes (eight channels) a copy; zeros past J and E.
+    for (int i = threadIdx.x; i < MT * 16 * kCxChannels / 8; i += blockDim.x) {
+        const int r = i / (kCxChannels / 8), q = i % (kCxChannels / 8);
+        const int64_t e = e0 + 8 * q;
+        const bool ok = r < J && e < E;
+        cp_async16(sw + r * kCxRow + 16 * q, ok ? wx + r * E + e : wx, ok ? 16 : 0);
+    }
+    cp_async_commit();
+    const int c = threadIdx.x % kCxChannels, s1 = threadIdx.x / kCxChannels;
+    const int64_t e = e0 + c;
+    const bool eok = e < E;
+    float in[kCxPer][kConvIn];
+#pragma unroll
+    for (int i = 0; i < kCxPer; i++) {
+        const int64_t b = b0 + s1 + i * (256 / kCxChannels);
+        if (eok && b < B) conv_in(in[i], conv + b * (K - 1) * E, cw, cb, e, E, K);
+    }
+    pdl_wait();
+#pragma unroll
+    for (int i = 0; i < kCxPer; i++) {
+        const int s = s1 + i * (256 / kCxChannels);
+        const int64_t b = b0 + s;
+        float v = 0.f;
+        if (eok && b < B) {
+            v = conv_out(in[i], conv + b * (K - 1) * E, xz[b * 2 * E + e], e, E, K);
+            u[b * E + e] = v;
+        }
+        ((__nv_bfloat16 *)(su + s * kCxRow))[c] = __float2bfloat16_rn(v);
+    }
+    cp_async_wait();
+    __syncthreads();
+    const int g = lane >> 2, t = lane & 3;
+    for (int it = wid; it < MT * kCxChunks; it += blockDim.x / 32) {
+        const int mt = it / kCxChunks, ch = it % kCxChunks, col = ch * 64 + t * 16;
+        const uint4 a0 = *(const uint4 *)(sw + (mt * 16 + g) * kCxRow + col),
+                    a1 = *(const uint4 *)(sw + (mt * 16 + g + 8) * kCxRow + col),
+                    bv = *(const uint4 *)(su + g * kCxRow + col);
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_bf16(acc, a0.x, a1.x, a0.y, a1.y, bv.x, bv.y);
+        mma_bf16(acc, a0.z, a1.z, a0.w, a1.w, bv.z, bv.w);
+        float *pp = part + ((size_t)ch * MT * 16 + mt * 16 + g) * kCxStreams + 2 * t;
+        pp[0] = acc[0], pp[1] = acc[1];
+        pp[8 * kCxStreams] = acc[2], pp[8 * kCxStreams + 1] = acc[3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < J * kCxStreams; i += blockDim.x) {
+        const int r = i / kCxStreams, s = i % kCxStreams;
+        if (s >= nb) continue;
+        float p = 0.f;
+#pragma unroll
+        for (int ch = 0; ch < kCxChunks; ch++) p += part[((size_t)ch * MT * 16 + r) * kCxStreams + s];
+        long long *row = xacc + (b0 + s) * (J + 1);
+        if (fabsf(p) < kXAccLimit)
+            atomicAdd((unsigned long long *)row + r,
+                      (unsigned long long)__float2ll_rn(p * (float)(1 << kXAccFrac)));
+        else
+            atomicOr((unsigned long long *)row + J, 1ull);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Launchers.
 
@@ -1568,14 +1678,15 @@ static int step_gemm(float *out, int64_t ldo, const W *x, const W *w, int64_t ro
 template <typename W>
 static int step_norm_gemm(float *out, int64_t ldo, W *xw, const float *h, const float *nw,
                           const float *nb, float eps, int rms, const W *w, int64_t rows,
-                          int64_t D, int64_t B) {
+                          int64_t D, int64_t B, long long *xacc = nullptr, int J1 = 0) {
     size_t smem = (size_t)D * sizeof(float);
     if (smem > kStepTileBytes) {
         set_err("step: a vector of %lld values does not fit shared memory", (long long)D);
         return 1;
     }
     if (allow_smem(k_step_norm_op<W>, smem)) return 1;
-    k_step_norm_op<W><<<(unsigned)B, kStepThreads, smem, g_stream>>>(xw, h, nw, nb, eps, rms, D);
+    k_step_norm_op<W><<<(unsigned)B, kStepThreads, smem, g_stream>>>(xw, h, nw, nb, eps, rms, D,
+                                                                      xacc, J1);
     LAUNCHED();
     return step_gemm(out, ldo, (const W *)xw, w, rows, D, B, 0.f);
 }
@@ -1611,10 +1722,11 @@ static bool scan_quad_ok(const mb_step_args *a) {
 
 // step_scan_quad runs k_step_scan_quad when scan_quad_ok and reports
 // whether it did. chained: launched with programmatic dependent launch,
-// writing the gated output only to gw.
+// writing the gated output only to gw. xacc: xdbl from k_step_conv_x's
+// fixed-point sums.
 template <typename W>
 static int step_scan_quad(const mb_step_args *a, W *gw, const W *wdt, int64_t ldbc, bool chained,
-                          bool *done) {
+                          bool *done, const long long *xacc = nullptr) {
     *done = false;
     int sb, threads;
     size_t smem;
@@ -1628,12 +1740,12 @@ static int step_scan_quad(const mb_step_args *a, W *gw, const W *wdt, int64_t ld
             const cudaLaunchAttribute attr = pdl_attr();
             if (launch_ex(&attr, 1, kernel, grid, dim3(threads), smem, (float *)nullptr, gw,
                           a->ssm, a->xz, a->xdbl, ldbc, a->u, wdt, a->dt_bias, a->neg_a,
-                          a->dskip, a->E, (int)a->R, a->B, 1))
+                          a->dskip, a->E, (int)a->R, a->B, 1, xacc))
                 return 1;
         } else {
             kernel<<<grid, threads, smem, g_stream>>>(a->g, gw, a->ssm, a->xz, a->xdbl, ldbc,
                                                       a->u, wdt, a->dt_bias, a->neg_a, a->dskip,
-                                                      a->E, (int)a->R, a->B, 0);
+                                                      a->E, (int)a->R, a->B, 0, xacc);
         }
         LAUNCHED();
         *done = true;
@@ -1778,7 +1890,7 @@ static int step_norm_pdl(__nv_bfloat16 *xa, const float *h, const float *nw, con
     size_t smem = (size_t)D * sizeof(float);
     if (allow_smem(k_step_norm_op<__nv_bfloat16>, smem)) return 1;
     if (launch_pdl(k_step_norm_op<__nv_bfloat16>, dim3((unsigned)B), smem, xa, h, nw, nb, eps,
-                   rms, D))
+                   rms, D, (long long *)nullptr, 0))
         return 1;
     LAUNCHED();
     return 0;
@@ -1798,6 +1910,33 @@ static int step_block_mma(const mb_step_args *a) {
     bool done;  // always: step_block checked scan_quad_ok
     if (step_scan_quad(a, xa, (const bf *)a->dt_proj, J, true, &done)) return 1;
     return step_mm(EpiAdd{a->h, D}, (const bf *)a->out_proj, D, E, xa, B);
+}
+
+// many_x_fused says whether a step of these sizes on the cuBLAS path makes
+// x_proj's sums in k_step_conv_x (bf16 weights, the quad scan, rows that
+// fit g_xacc_many and shared memory, at most kXAccBlocks blocks a sum);
+// MAMBABYTE_CUDA_STEP_FUSE_X=0 keeps the x_proj product.
+static bool many_x_fused(const mb_step_args *a) {
+    const int64_t J = a->R + 2 * a->N;
+    return a->wtype == 1 && a->E % 8 == 0 && aligned16(a->x_proj) &&
+           a->B * (J + 1) <= kXAccManyMax && cx_smem((int)J) <= kStepTileBytes &&
+           (a->E + kCxChannels - 1) / kCxChannels <= kXAccBlocks && scan_quad_ok(a) &&
+           !switched_off("MAMBABYTE_CUDA_STEP_FUSE_X");
+}
+
+// step_conv_x launches k_step_conv_x, chained (it waits for in_proj).
+static int step_conv_x(const mb_step_args *a, long long *xacc) {
+    const int J = (int)(a->R + 2 * a->N);
+    const size_t smem = cx_smem(J);
+    if (allow_smem(k_step_conv_x, smem)) return 1;
+    const dim3 grid((unsigned)((a->E + kCxChannels - 1) / kCxChannels),
+                    (unsigned)((a->B + kCxStreams - 1) / kCxStreams));
+    if (launch_pdl(k_step_conv_x, grid, smem, a->u, (const float *)a->xz, a->conv,
+                   (const float *)a->conv_w, (const float *)a->conv_b,
+                   (const __nv_bfloat16 *)a->x_proj, xacc, a->E, (int)a->K, a->B, J))
+        return 1;
+    LAUNCHED();
+    return 0;
 }
 
 // g_step_mma counts the steps step_block hands to step_block_mma.
@@ -1833,9 +1972,15 @@ static int step_block(const mb_step_args *a) {
         LAUNCHED();
         return step_out(a->h, a->g, wout, D, E, (int)B, xacc, (int)ldbc);
     }
+    long long *xacc = many_x_fused(a) ? g_xacc_many : nullptr;
     if (step_norm_gemm(a->xz, 2 * E, xw, a->h, a->norm_w, a->norm_b, a->eps, a->rms, win, 2 * E,
-                       D, B))
+                       D, B, xacc, (int)ldbc + 1))
         return 1;
+    if (xacc) {
+        bool done;  // always: many_x_fused checked scan_quad_ok
+        if (step_conv_x(a, xacc) || step_scan_quad(a, xw, wdt, ldbc, true, &done, xacc)) return 1;
+        return step_gemm(a->h, D, (const W *)xw, wout, D, E, B, 1.f);
+    }
     const dim3 cgrid((unsigned)((E + kThreads - 1) / kThreads), (unsigned)min(B, (int64_t)65535));
     k_step_conv_op<W><<<cgrid, kThreads, 0, g_stream>>>(xw, a->u, a->xz, a->conv, a->conv_w,
                                                         a->conv_b, E, (int)a->K, B);

@@ -18,6 +18,8 @@ import (
 // In bf16 mode those are the tensor-core kernels (by default up to 16
 // streams; with MAMBABYTE_CUDA_STEP_MMA=all for any number, 70 taking two
 // tiles of 64) and cuBLAS (above 16, or all with =0); each is checked.
+// The cuBLAS path makes x_proj's sums in its conv kernel unless
+// MAMBABYTE_CUDA_STEP_FUSE_X=0, which each stream count runs as well.
 //
 // One stream in bf16 mode runs block by block, and with
 // MAMBABYTE_CUDA_WHOLE=1 or global through the one-kernel step
@@ -90,6 +92,11 @@ func TestFusedStep(t *testing.T) {
 							}
 						})
 					}
+					t.Run(fmt.Sprintf("%s/%s/B%d/mma=0/fuse_x=0", prec.name, name, B), func(t *testing.T) {
+						t.Setenv("MAMBABYTE_CUDA_STEP_MMA", "0")
+						t.Setenv("MAMBABYTE_CUDA_STEP_FUSE_X", "0")
+						fusedStep(t, prec, cfgs[name], B)
+					})
 					continue
 				}
 				// One stream in bf16: the step block by block (the
@@ -163,13 +170,18 @@ func fusedStep(t *testing.T, prec precision, cfg model.Config, B int) {
 	}
 }
 
-// One stream's x_proj sums move in fixed point when in_proj makes them
-// (step.cuh, kXAccLimit): a sum out of that range must turn the step's
-// output into NaN, not into a wrapped value. The dt rows of x_proj are
-// scaled far past the range (Δ then is huge, which the float32 path
-// carries through to finite logits).
+// x_proj's sums move in fixed point when in_proj (one stream) or the conv
+// kernel (many streams on the cuBLAS path, bf16) makes them (step.cuh,
+// kXAccLimit): a sum out of that range must turn the step's output into
+// NaN, not into a wrapped value. The dt rows of x_proj are scaled far past
+// the range (Δ then is huge, which the float32 path carries through to
+// finite logits).
 func TestFusedStepXRange(t *testing.T) {
-	for _, prec := range precisions(t)[:2] {
+	for _, c := range []struct {
+		prec precision
+		B    int
+	}{{precisions(t)[0], 1}, {precisions(t)[1], 1}, {precisions(t)[1], 64}} {
+		prec, B := c.prec, c.B
 		cfg := modelConfigs()["d96"]
 		_, gm := twins(t, cfg, prec.g, 5, 0)
 		p := gm.ParamsHost()
@@ -181,9 +193,13 @@ func TestFusedStepXRange(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, fuse := range []string{"", "0"} {
-			t.Run(fmt.Sprintf("%s/fuse_x=%q", prec.name, fuse), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/B%d/fuse_x=%q", prec.name, B, fuse), func(t *testing.T) {
 				t.Setenv("MAMBABYTE_CUDA_STEP_FUSE_X", fuse)
-				logits, err := gm.NewStepper(1).Step(gm.NewState(1), []int32{65})
+				bytes := make([]int32, B)
+				for i := range bytes {
+					bytes[i] = 65
+				}
+				logits, err := gm.NewStepper(B).Step(gm.NewState(B), bytes)
 				if err != nil {
 					t.Fatal(err)
 				}

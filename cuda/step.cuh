@@ -1401,12 +1401,20 @@ struct EpiAdd {
 static const int kCxChannels = 128, kCxStreams = 8, kCxPer = kCxChannels * kCxStreams / 256;
 static const int kCxChunks = kCxChannels / 32;
 static const int kCxRow = kCxChannels * 2 + 16;  // bytes of a staged row: distinct banks
+// With IT > 0 (each warp has at most IT tile-chunk pairs), a warp loads its
+// W_x fragments into registers before pdl_wait instead of the block
+// staging the slice: fewer steps after the wait, at IT·8 registers (with
+// IT 5, 972M's pairs, this measured slower than staging).
+static const int kCxRegIt = 3;
 
 static size_t cx_smem(int J) {
     const size_t rows = (size_t)(J + 15) / 16 * 16;
     return (rows + kCxStreams) * kCxRow + (size_t)kCxChunks * rows * kCxStreams * sizeof(float);
 }
+// cx_reg says whether a warp's W_x fragments fit kCxRegIt pairs.
+static bool cx_reg(int J) { return (J + 15) / 16 * kCxChunks <= 8 * kCxRegIt; }
 
+template <int IT>
 __global__ void __launch_bounds__(256)
     k_step_conv_x(float *u, const float *xz, float *conv, const float *cw, const float *cb,
                   const __nv_bfloat16 *wx, long long *xacc, int64_t E, int K, int64_t B, int J) {
@@ -1417,8 +1425,25 @@ __global__ void __launch_bounds__(256)
     const int64_t e0 = (int64_t)blockIdx.x * kCxChannels, b0 = (int64_t)blockIdx.y * kCxStreams;
     const int nb = (int)min((int64_t)kCxStreams, B - b0);
     pdl_start();
+    const int g = lane >> 2, t = lane & 3;
+    constexpr int kIt = IT > 0 ? IT : 1;
+    uint4 ar[kIt][2];
+    if (IT > 0) {
+#pragma unroll
+        for (int k = 0; k < kIt; k++) {
+            const int it = wid + 8 * k;
+            ar[k][0] = ar[k][1] = make_uint4(0, 0, 0, 0);
+            if (it < MT * kCxChunks) {
+                const int mt = it / kCxChunks, ch = it % kCxChunks;
+                const int64_t e = e0 + ch * 32 + t * 8;
+                const int r0 = mt * 16 + g, r1 = r0 + 8;
+                if (e < E && r0 < J) ar[k][0] = ld_stream(wx + r0 * E + e);
+                if (e < E && r1 < J) ar[k][1] = ld_stream(wx + r1 * E + e);
+            }
+        }
+    }
     // W_x's slice: 16 bytes (eight channels) a copy; zeros past J and E.
-    for (int i = threadIdx.x; i < MT * 16 * kCxChannels / 8; i += blockDim.x) {
+    for (int i = threadIdx.x; IT == 0 && i < MT * 16 * kCxChannels / 8; i += blockDim.x) {
         const int r = i / (kCxChannels / 8), q = i % (kCxChannels / 8);
         const int64_t e = e0 + 8 * q;
         const bool ok = r < J && e < E;
@@ -1448,11 +1473,15 @@ __global__ void __launch_bounds__(256)
     }
     cp_async_wait();
     __syncthreads();
-    const int g = lane >> 2, t = lane & 3;
-    for (int it = wid; it < MT * kCxChunks; it += blockDim.x / 32) {
+#pragma unroll
+    for (int k = 0; IT == 0 || k < IT; k++) {
+        const int it = wid + 8 * k;
+        if (it >= MT * kCxChunks) break;
         const int mt = it / kCxChunks, ch = it % kCxChunks, col = ch * 64 + t * 16;
-        const uint4 a0 = *(const uint4 *)(sw + (mt * 16 + g) * kCxRow + col),
-                    a1 = *(const uint4 *)(sw + (mt * 16 + g + 8) * kCxRow + col),
+        const uint4 a0 = IT > 0 ? ar[k % kIt][0]
+                                : *(const uint4 *)(sw + (mt * 16 + g) * kCxRow + col),
+                    a1 = IT > 0 ? ar[k % kIt][1]
+                                : *(const uint4 *)(sw + (mt * 16 + g + 8) * kCxRow + col),
                     bv = *(const uint4 *)(su + g * kCxRow + col);
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
         mma_bf16(acc, a0.x, a1.x, a0.y, a1.y, bv.x, bv.y);
@@ -1928,10 +1957,11 @@ static bool many_x_fused(const mb_step_args *a) {
 static int step_conv_x(const mb_step_args *a, long long *xacc) {
     const int J = (int)(a->R + 2 * a->N);
     const size_t smem = cx_smem(J);
-    if (allow_smem(k_step_conv_x, smem)) return 1;
+    auto kernel = cx_reg(J) ? k_step_conv_x<kCxRegIt> : k_step_conv_x<0>;
+    if (allow_smem(kernel, smem)) return 1;
     const dim3 grid((unsigned)((a->E + kCxChannels - 1) / kCxChannels),
                     (unsigned)((a->B + kCxStreams - 1) / kCxStreams));
-    if (launch_pdl(k_step_conv_x, grid, smem, a->u, (const float *)a->xz, a->conv,
+    if (launch_pdl(kernel, grid, smem, a->u, (const float *)a->xz, a->conv,
                    (const float *)a->conv_w, (const float *)a->conv_b,
                    (const __nv_bfloat16 *)a->x_proj, xacc, a->E, (int)a->K, a->B, J))
         return 1;

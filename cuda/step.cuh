@@ -1390,7 +1390,8 @@ struct EpiAdd {
 // no x_proj product and the scan, launched chained, asks for its states
 // while this kernel runs. A block takes kCxChannels channels of kCxStreams
 // streams. Before pdl_wait it stages its slice of W_x (J rows, padded with
-// zeros to 16·MT) by cp.async and loads its channels' conv taps and states
+// zeros to 16·MT) by cp.async, or its warps load their fragments of it
+// (IT below), and it loads its channels' conv taps and states
 // (the states are this layer's, written a step ago); after it, the conv of
 // each (stream, channel), u to global memory as float32 and to shared
 // memory as bf16. Then the sums: the 32-channel chunks by the 16-row tiles

@@ -48,6 +48,10 @@ func TestFusedStep(t *testing.T) {
 	n32 := cfgs["d96"]
 	n32.DState = 32
 	cfgs["d96-n32"] = n32
+	// x_proj's rows past 96 (40 + 2·32): the many-stream conv kernel
+	// stages W_x's slice rather than holding it in registers (cx_reg).
+	n32.DTRank = 40
+	cfgs["d96-n32-rank40"] = n32
 	// Two layers of the 353M and 972M models: the one-kernel step with many
 	// channels per block, staged and (972M) not, and the tensor-core path.
 	for name, d := range map[string]int{"353m-layers": 1024, "972m-layers": 1792} {
@@ -56,7 +60,7 @@ func TestFusedStep(t *testing.T) {
 		cfgs[name] = c
 	}
 	for _, prec := range precisions(t) {
-		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "n4-rank40", "d96-n32", "353m-layers", "972m-layers"} {
+		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "n4-rank40", "d96-n32", "d96-n32-rank40", "353m-layers", "972m-layers"} {
 			for _, B := range []int{1, 2, 3, 9, 64, 70} {
 				if strings.HasSuffix(name, "-layers") && (B > 2 || prec.name == "fp32") {
 					// They are here for the one-kernel step (bf16, one

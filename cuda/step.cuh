@@ -298,9 +298,10 @@ __device__ __forceinline__ void cp_async_wait_prior() {
 }
 
 // A STEP_TRACE build (cuda/step_bench) records, for every block of the
-// one-stream step's kernels, the global timer when it starts, when its
-// pdl_wait returns and when its first thread ends, with the kernel (tag)
-// and the SM; other builds compile none of it.
+// one-stream step's kernels and of the many-stream ones but cuBLAS's, the
+// global timer when it starts, when its pdl_wait returns and when its first
+// thread ends, with the kernel (tag) and the SM; other builds compile none
+// of it.
 #ifdef STEP_TRACE
 struct StepTrace {
     unsigned long long t0, t1, m0, m1, t2;
@@ -985,6 +986,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
                      const long long *__restrict__ xacc) {
     constexpr int N = 4 * P, Q = SB < P ? SB : P, SQ = SB / Q;
     extern __shared__ float4 sm_[];
+    STEP_T0();
     const int G = (R + 4 * P - 1) / (4 * P), Rp = 4 * P * G, J = Rp + 2 * N;
     const int CH = blockDim.x / P, c = threadIdx.x / P, l = threadIdx.x % P;
     W *ws = (W *)sm_;                                                        // [G][CH][P][4]
@@ -1020,6 +1022,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
     a2.z *= 1.4426950408889634f, a2.w *= 1.4426950408889634f;
     const float bias = dtb ? dtb[e] : 0.f, dsk = dskip[e];
     pdl_wait();
+    STEP_T1();
     // xdbl as x_proj wrote it, or from k_step_conv_x's fixed-point sums
     // (xacc set: rows of ldbc + 1, the last a flag entering as an addend).
 #pragma unroll
@@ -1098,6 +1101,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
             put(gw + at, out);
         }
     }
+    STEP_T2(7);
 }
 
 // The cuBLAS path's operand builders: one block per stream. The norm also
@@ -1112,6 +1116,7 @@ static const int kNormPre = 8;
 template <typename W>
 __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const float *nb,
                                float eps, int rms, int64_t D, long long *xacc, int J1) {
+    STEP_T0();
     const int b = blockIdx.x;
     pdl_start();  // both no-ops unless launched chained
     // The stream's row of x_proj's fixed-point sums (k_step_conv_x), when
@@ -1127,6 +1132,7 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         bv[k] = pre && c < D && nb ? nb[c] : 0.f;
     }
     pdl_wait();
+    STEP_T1();
     if (!pre) {
         extern __shared__ float4 sm_[];
         float *xs = (float *)sm_;
@@ -1136,6 +1142,7 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
         norm_tile<1>(xs, ldx, 1, nw, nb, D, eps, rms);
         __syncthreads();
         for (int64_t c = threadIdx.x; c < D; c += blockDim.x) put(xw + (int64_t)b * D + c, xs[c]);
+        STEP_T2(5);
         return;
     }
     float xv[kNormPre], sum = 0.f;
@@ -1162,6 +1169,7 @@ __global__ void k_step_norm_op(W *xw, const float *h, const float *nw, const flo
             put(xw + (int64_t)b * D + c,
                 rms ? xv[k] * rs * wv[k] : (xv[k] - mu) * rs * wv[k] + bv[k]);
     }
+    STEP_T2(5);
 }
 
 // u = silu(conv(state, xi)) from the in_proj output xz, the state shifted;
@@ -1420,6 +1428,7 @@ __global__ void __launch_bounds__(256)
     k_step_conv_x(float *u, const float *xz, float *conv, const float *cw, const float *cb,
                   const __nv_bfloat16 *wx, long long *xacc, int64_t E, int K, int64_t B, int J) {
     extern __shared__ float4 sm_[];
+    STEP_T0();
     const int MT = (J + 15) / 16, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     char *sw = (char *)sm_, *su = sw + (size_t)MT * 16 * kCxRow;
     float *part = (float *)(su + kCxStreams * kCxRow);  // [chunk][16·MT][stream]
@@ -1461,6 +1470,7 @@ __global__ void __launch_bounds__(256)
         if (eok && b < B) conv_in(in[i], conv + b * (K - 1) * E, cw, cb, e, E, K);
     }
     pdl_wait();
+    STEP_T1();
 #pragma unroll
     for (int i = 0; i < kCxPer; i++) {
         const int s = s1 + i * (256 / kCxChannels);
@@ -1505,6 +1515,7 @@ __global__ void __launch_bounds__(256)
         else
             atomicOr((unsigned long long *)row + J, 1ull);
     }
+    STEP_T2(6);
 }
 
 // ---------------------------------------------------------------------------

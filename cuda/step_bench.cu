@@ -1,10 +1,14 @@
-// step_bench.cu — times the one-stream decode step (step.cuh) on random bf16
-// weights of a D×L model, recorded in a CUDA graph as the backend records
-// it (the blocks only; no embedding or head), and prints where a layer's
-// time goes from the kernels' own clocks (a STEP_TRACE build: every block
-// records when it starts, when its pdl_wait returns and when it ends).
+// step_bench.cu — times the decode step (step.cuh) of B streams (one unless
+// given) on random bf16 weights of a D×L model, recorded in a CUDA graph as
+// the backend records it (the blocks only; no embedding or head), and
+// prints where a layer's time goes from the kernels' own clocks (a
+// STEP_TRACE build: every block records when it starts, when its pdl_wait
+// returns and when it ends). Of the many-stream step (B > 16) it traces the
+// norm, the conv with x_proj's sums and the scan; cuBLAS's in_proj and
+// out_proj are not traced, and run in the gaps before the conv and before
+// the norm.
 //
-//   make -C cuda step_bench && cuda/step_bench [D [L]]
+//   make -C cuda step_bench && cuda/step_bench [D [L [B]]]
 //
 // D 1024 L 53 is the 353M model, 1792 48 the 972M. Per kernel it prints
 // the number of SMs its blocks ran on, and times relative to the end of
@@ -59,14 +63,19 @@ static void *brand(int64_t n, float scale, uint32_t seed) {
 }
 
 int main(int argc, char **argv) {
-    const int64_t D = argc > 1 ? atoi(argv[1]) : 1024, L = argc > 2 ? atoi(argv[2]) : 53;
+    const int64_t D = argc > 1 ? atoi(argv[1]) : 1024, L = argc > 2 ? atoi(argv[2]) : 53,
+                  B = argc > 3 ? atoi(argv[3]) : 1;
+    if (B < 1 || (B > 1 && B <= 16)) {
+        printf("B: 1, or more than 16 (the traced paths)\n");
+        return 1;
+    }
     const int64_t E = 2 * D, N = 16, K = 4, R = (D + 15) / 16, J = R + 2 * N;
     C(mb_init(0, 0));
     std::vector<mb_step_args> layers(L);
-    float *h = frand(D, -1, 1, 1);
-    float *xz = frand(2 * E, 0, 0, 2), *xdbl = frand(J, 0, 0, 3), *u = frand(E, 0, 0, 4),
-          *g = frand(E, 0, 0, 5);
-    void *xw = (void *)mb_malloc(2 * std::max(D, E));
+    float *h = frand(B * D, -1, 1, 1);
+    float *xz = frand(B * 2 * E, 0, 0, 2), *xdbl = frand(B * J, 0, 0, 3),
+          *u = frand(B * E, 0, 0, 4), *g = frand(B * E, 0, 0, 5);
+    void *xw = (void *)mb_malloc(2 * B * std::max(D, E));
     for (int64_t l = 0; l < L; l++) {
         mb_step_args &a = layers[l];
         memset(&a, 0, sizeof a);
@@ -83,10 +92,10 @@ int main(int argc, char **argv) {
         a.dt_bias = frand(E, -5, -3, s + 9);
         a.neg_a = frand(E * N, -16, -1, s + 10);
         a.dskip = frand(E, 0.5f, 1.5f, s + 11);
-        a.conv = frand((K - 1) * E, -0.5f, 0.5f, s + 12);
-        a.ssm = frand(E * N, -0.5f, 0.5f, s + 13);
+        a.conv = frand(B * (K - 1) * E, -0.5f, 0.5f, s + 12);
+        a.ssm = frand(B * E * N, -0.5f, 0.5f, s + 13);
         a.h = h, a.xz = xz, a.xdbl = xdbl, a.u = u, a.g = g, a.xw = xw;
-        a.B = 1, a.D = D, a.E = E, a.N = N, a.K = K, a.R = R;
+        a.B = B, a.D = D, a.E = E, a.N = N, a.K = K, a.R = R;
         a.eps = 1e-5f, a.rms = 0, a.wtype = 1;
         float *fold = (float *)mb_malloc(4 * E * 4);
         if (fold) C(mb_step_fold(fold, a.in_proj, 1, a.norm_w, a.norm_b, 2 * E, D));
@@ -116,8 +125,8 @@ int main(int argc, char **argv) {
     }
     std::sort(times.begin(), times.end());
     const float med = times[times.size() / 2];
-    printf("D %lld L %lld: %.1f us a step of the blocks, %.2f us a layer (median of 30)\n",
-           (long long)D, (long long)L, med * 1e3, med * 1e3 / L);
+    printf("D %lld L %lld B %lld: %.1f us a step of the blocks, %.2f us a layer (median of 30)\n",
+           (long long)D, (long long)L, (long long)B, med * 1e3, med * 1e3 / L);
 
     // One traced replay.
     unsigned zero = 0;
@@ -133,11 +142,14 @@ int main(int argc, char **argv) {
     // one layer on, so sorting a tag's records by start time and cutting
     // them into runs of its grid size gives the kernel of each layer.
     // x_proj has no records where in_proj makes its sums (kXRounds).
-    const char *names[5] = {"", "in_proj+conv", "x_proj", "dt+scan+gate", "out_proj"};
+    // Tags 1-4 are the one-stream kernels, 5-7 the many-stream ones.
+    const char *names[8] = {"", "in_proj+conv", "x_proj", "dt+scan+gate", "out_proj",
+                            "norm", "conv+x sums", "scan"};
+    const int t0 = B == 1 ? 1 : 5, t1 = B == 1 ? 4 : 7;
     struct Inst { double s0, s1, w0, w1, e0, e1, m0, m1; };
-    std::vector<Inst> inst[5];
-    double smsum[5] = {0};  // distinct SMs a kernel's blocks ran on, mean over layers
-    for (int tag = 1; tag <= 4; tag++) {
+    std::vector<Inst> inst[8];
+    double smsum[8] = {0};  // distinct SMs a kernel's blocks ran on, mean over layers
+    for (int tag = t0; tag <= t1; tag++) {
         std::vector<StepTrace> v;
         for (auto &r : t) if ((int)r.tag == tag) v.push_back(r);
         std::sort(v.begin(), v.end(),
@@ -148,6 +160,8 @@ int main(int argc, char **argv) {
             continue;
         }
         if (per == 0 || v.size() % L) {
+            // (With MAMBABYTE_CUDA_STEP_FUSE_X=0 the many-stream step has no
+            // conv kernel of tag 6.)
             printf("tag %d: %zu records for %lld layers\n", tag, v.size(), (long long)L);
             return 1;
         }
@@ -175,14 +189,14 @@ int main(int argc, char **argv) {
     printf("%-14s %9s %9s %9s %9s %9s %9s | %9s %9s\n", "kernel", "1st start", "lst start",
            "1st wait", "lst wait", "1st end", "lst end", "wait-m0", "wait-m1");
     double layer = 0;
-    for (int tag = 1; tag <= 4; tag++) {
+    for (int tag = t0; tag <= t1; tag++) {
         if (inst[tag].empty()) continue;
         const int before = tag == 3 && inst[2].empty() ? 1 : tag - 1;
         double acc[8] = {0};
         int cnt = 0;
         for (int64_t l = 1; l + 1 < L; l++) {
             const Inst &I = inst[tag][l];
-            const Inst &P = tag == 1 ? inst[4][l - 1] : inst[before][l];
+            const Inst &P = tag == t0 ? inst[t1][l - 1] : inst[before][l];
             double ref = P.e1;
             double v[6] = {I.s0 - ref, I.s1 - ref, I.w0 - ref, I.w1 - ref, I.e0 - ref, I.e1 - ref};
             for (int k = 0; k < 6; k++) acc[k] += v[k];

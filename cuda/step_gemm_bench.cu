@@ -4,15 +4,19 @@
 // candidate cublasLt's heuristic offers for the same product. Each is timed
 // as 50 launches captured in one CUDA graph (best of five), the way the step
 // runs; the same W every launch, so it stays in L2: a floor, not the step.
+// With the argument "cold", the launches cycle through copies of W filling
+// 128 MB, so that each reads W from memory as the step does (the step's
+// other layers push a layer's weights out of the 50 MB L2).
 // Shapes: in_proj, x_proj and out_proj (beta 1) of the 353M model at 64 and
 // 32 streams and of the 972M model at 64.
 //
-//   make -C cuda step_gemm_bench && cuda/step_gemm_bench
+//   make -C cuda step_gemm_bench && cuda/step_gemm_bench [cold]
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
+#include <string.h>
 #define CU(x) do { cudaError_t e_ = (x); if (e_) { printf("%s: %s line %d\n", #x, cudaGetErrorString(e_), __LINE__); return 1; } } while (0)
 #define CB(x) do { cublasStatus_t s_ = (x); if (s_) { printf("%s: status %d line %d\n", #x, (int)s_, __LINE__); return 1; } } while (0)
 __global__ void k_fill16(__nv_bfloat16 *p, long n) {
@@ -37,14 +41,15 @@ template <class F> float graph_us(F f, int reps) {
     cudaGraphExecDestroy(ge); cudaGraphDestroy(g);
     return best * 1e3f / reps;
 }
-int main() {
+int main(int argc, char **argv) {
+    const bool cold = argc > 1 && strcmp(argv[1], "cold") == 0;
     Shape shapes[] = {{64, 4096, 1024, 0}, {64, 96, 2048, 0}, {64, 1024, 2048, 1},
                       {32, 4096, 1024, 0}, {32, 96, 2048, 0}, {32, 1024, 2048, 1},
                       {64, 7168, 1792, 0}, {64, 144, 3584, 0}, {64, 1792, 3584, 1}};
-    long maxe = 7168L * 1792;
+    long maxe = 7168L * 1792, pool = cold ? (128L << 20) / 2 : maxe;
     __nv_bfloat16 *W, *X; float *C;
-    CU(cudaMalloc(&W, maxe * 2)); CU(cudaMalloc(&X, 64 * 4096 * 2)); CU(cudaMalloc(&C, 64 * 8192 * 4));
-    k_fill16<<<1024, 256>>>(W, maxe); k_fill16<<<1024, 256>>>(X, 64 * 4096);
+    CU(cudaMalloc(&W, pool * 2)); CU(cudaMalloc(&X, 64 * 4096 * 2)); CU(cudaMalloc(&C, 64 * 8192 * 4));
+    k_fill16<<<1024, 256>>>(W, pool); k_fill16<<<1024, 256>>>(X, 64 * 4096);
     CU(cudaMemset(C, 0, 64 * 8192 * 4));
     CU(cudaStreamCreate(&st));
     cublasHandle_t h; CB(cublasCreate(&h)); CB(cublasSetStream(h, st));
@@ -55,9 +60,13 @@ int main() {
     float alpha = 1;
     for (const Shape &s : shapes) {
         float beta = s.beta;
+        // The copies of W the launches cycle through (one unless cold).
+        const long welems = (s.rows * s.K + 127) / 128 * 128, copies = pool / welems;
+        int launch = 0;
+        auto wnext = [&] { return W + (launch++ % copies) * welems; };
         cublasStatus_t bad = CUBLAS_STATUS_SUCCESS;
         float dflt = graph_us([&] {
-            bad = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.rows, s.B, s.K, &alpha, W, CUDA_R_16BF, s.K, X,
+            bad = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.rows, s.B, s.K, &alpha, wnext(), CUDA_R_16BF, s.K, X,
                                CUDA_R_16BF, s.K, &beta, C, CUDA_R_32F, s.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         }, reps);
         CB(bad);
@@ -76,10 +85,16 @@ int main() {
         float best = 1e30f, first = 0; int bi = -1;
         for (int i = 0; i < nres; i++) {
             float us = graph_us([&] {
-                bad = cublasLtMatmul(lt, op, &alpha, W, la, X, lb, &beta, C, lc, C, lc, &res[i].algo, ws, wsz, st);
+                bad = cublasLtMatmul(lt, op, &alpha, wnext(), la, X, lb, &beta, C, lc, C, lc, &res[i].algo, ws, wsz, st);
             }, reps);
             if (bad || us < 0) continue;
             if (i == 0) first = us;
+            if (cold) {
+                int tile = 0, sk = 0; size_t n;
+                cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &n);
+                cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof sk, &n);
+                printf("  #%d %6.2f us (tile %d, split %d)\n", i, us, tile, sk);
+            }
             if (us < best) best = us, bi = i;
         }
         double gb = (double)s.rows * s.K * 2 / 1e3;

@@ -16,8 +16,9 @@
 // wait and end, then the mean over blocks of the time from a block's wait
 // to two midpoints (the tile loaded, in in_proj with the norm's partial
 // statistics; then in_proj: the statistics merged, the others: the
-// product done). Reading the timer takes time too: the midpoints are
-// a guide, the step time the measure.
+// product done; the many-stream kernels record none, and print zeros).
+// Reading the timer takes time too: the midpoints are a guide, the step
+// time the measure.
 #define STEP_TRACE
 #include "kernels.cu"
 #include <algorithm>

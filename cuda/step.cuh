@@ -588,6 +588,22 @@ static const int kXAccFrac = 30;     // fraction bits of the fixed point
 static const float kXAccLimit = 4194304.f;  // 2^22
 static const int kXAccBlocks = 1024;
 
+// xacc_add adds a block's sum p to the fixed-point total row[r], or sets
+// the range flag row[J] where p is out of range (or NaN).
+__device__ __forceinline__ void xacc_add(long long *row, int r, int J, float p) {
+    if (fabsf(p) < kXAccLimit)
+        atomicAdd((unsigned long long *)row + r,
+                  (unsigned long long)__float2ll_rn(p * (float)(1 << kXAccFrac)));
+    else
+        atomicOr((unsigned long long *)row + J, 1ull);
+}
+
+// xacc_get reads total row[j] back as a float, plus bad: NaN where the
+// row's flag is set, else 0 (an addend, so that no load waits for the flag).
+__device__ __forceinline__ float xacc_get(const long long *row, int64_t j, float bad) {
+    return fmaf(__ll2float_rn(row[j]), 1.f / (float)(1 << kXAccFrac), bad);
+}
+
 // 1. [xi, z] = Norm(h)·W_inᵀ, W_in (2E, D), through the fold above; for
 // each channel e < E the conv follows at once: u = silu(conv(state, xi)),
 // the conv state shifted. z goes to xz (B, 2E) (its first E columns are
@@ -720,11 +736,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
                 for (int i = 0; i < 8; i++)
                     if (cx + i < E) p = fmaf(wv[i], su[j * nwarps + i], p);
             }
-            if (fabsf(p) < kXAccLimit)
-                atomicAdd((unsigned long long *)xacc + k,
-                          (unsigned long long)__float2ll_rn(p * (float)(1 << kXAccFrac)));
-            else
-                atomicOr((unsigned long long *)xacc + J, 1ull);
+            xacc_add(xacc, k, J, p);
         }
     }
     STEP_T2(1);
@@ -840,7 +852,7 @@ __global__ void __launch_bounds__(kStepThreads)
     const float bad = xacc && xacc[ldbc] != 0 ? __int_as_float(0x7fffffff) : 0.f;
     auto x = [&](int64_t j) {
         if (!xacc) return xr[j];
-        return fmaf(__ll2float_rn(xacc[j]), 1.f / (float)(1 << kXAccFrac), bad);
+        return xacc_get(xacc, j, bad);
     };
     float uu = u[idx], zz = xz[(int64_t)b * 2 * E + E + e];
     float raw = (lane < R ? w0 * x(lane) : 0.f) + (lane + 32 < R ? w1 * x(lane + 32) : 0.f);
@@ -1034,8 +1046,7 @@ __global__ void __launch_bounds__(kStepThreads, 4)
             const int src = j < Rp ? j : j - Rp + R;
             float v = 0.f;
             if (j < R || j >= Rp)
-                v = xa ? fmaf(__ll2float_rn(xa[src]), 1.f / (float)(1 << kXAccFrac), bad)
-                       : xdbl[(b0 + s) * ldbc + src];
+                v = xa ? xacc_get(xa, src, bad) : xdbl[(b0 + s) * ldbc + src];
             xs[s * J + j] = v;
         }
     }
@@ -1508,12 +1519,7 @@ __global__ void __launch_bounds__(256)
         float p = 0.f;
 #pragma unroll
         for (int ch = 0; ch < kCxChunks; ch++) p += part[((size_t)ch * MT * 16 + r) * kCxStreams + s];
-        long long *row = xacc + (b0 + s) * (J + 1);
-        if (fabsf(p) < kXAccLimit)
-            atomicAdd((unsigned long long *)row + r,
-                      (unsigned long long)__float2ll_rn(p * (float)(1 << kXAccFrac)));
-        else
-            atomicOr((unsigned long long *)row + J, 1ull);
+        xacc_add(xacc + (b0 + s) * (J + 1), r, J, p);
     }
     STEP_T2(6);
 }

@@ -129,6 +129,13 @@ int main(int argc, char **argv) {
     printf("D %lld L %lld B %lld: %.1f us a step of the blocks, %.2f us a layer (median of 30)\n",
            (long long)D, (long long)L, (long long)B, med * 1e3, med * 1e3 / L);
 
+    // The table leaves out the first and last layer (no kernel before the
+    // first; the last one's successor is the end of the graph).
+    if (L < 3) {
+        printf("(no trace table: it needs at least 3 layers)\n");
+        return 0;
+    }
+
     // One traced replay.
     unsigned zero = 0;
     CU(cudaMemcpyToSymbol(g_step_trace_n, &zero, sizeof zero));

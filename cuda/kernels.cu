@@ -1687,10 +1687,10 @@ static void gate_bwd(float *dy, DZ *dz, const float *dout, const float *y, const
         k_gate_bwd<1><<<gate_grid(rows, E, 1), kThreads, 0, g_stream>>>(dy, dz, dout, y, z, ldz, rows, E);
 }
 
-// dz16: dz is bf16 (a GEMM operand).
-extern "C" int mb_gate_bwd(float *dy, void *dz, const float *dout, const float *y, const float *z,
-                           int64_t ldz, int64_t rows, int64_t E, int dz16) {
-    ENTER();
+// gate_bwd_to launches the gate's backward; dz16: dz is bf16 (a GEMM
+// operand).
+static int gate_bwd_to(float *dy, void *dz, int dz16, const float *dout, const float *y,
+                       const float *z, int64_t ldz, int64_t rows, int64_t E) {
     if (rows * E <= 0) return 0;
     if (dz16)
         gate_bwd(dy, (__nv_bfloat16 *)dz, dout, y, z, ldz, rows, E);
@@ -1698,6 +1698,12 @@ extern "C" int mb_gate_bwd(float *dy, void *dz, const float *dout, const float *
         gate_bwd(dy, (float *)dz, dout, y, z, ldz, rows, E);
     LAUNCHED();
     return 0;
+}
+
+extern "C" int mb_gate_bwd(float *dy, void *dz, const float *dout, const float *y, const float *z,
+                           int64_t ldz, int64_t rows, int64_t E, int dz16) {
+    ENTER();
+    return gate_bwd_to(dy, dz, dz16, dout, y, z, ldz, rows, E);
 }
 
 __global__ void k_add(float *dst, const float *src, int64_t n) {
@@ -1980,6 +1986,27 @@ struct ScanArgs {
     int dtraw;
 };
 
+// The gate that the backward may take in (mb_scan_dims.gate_z): its dy is
+// then dout, the gradient of g = y·silu(z), and what the scan stages as its
+// own output gradient is dout·silu(z); the backward's second pass also
+// writes dz = dout·y·silu'(z) (row stride ldz, bf16 when dz16) as it
+// stages (as k_gate_bwd computes both). z NULL: dy is the scan's.
+struct GateBwd {
+    const float *z;
+    int64_t ldz;
+    const float *y;
+    void *dz;
+    int dz16;
+};
+
+// gate_bwd_one is k_gate_bwd's arithmetic for one value, the same
+// operations in the same order: *dy = g·silu(z), and dz = g·y·silu'(z).
+__device__ __forceinline__ float gate_bwd_one(float g, float z, float y, float *dz) {
+    const float s = sigmoid_(z);
+    *dz = g * y * (s * (1.f + z * (1.f - s)));
+    return g * (z * s);
+}
+
 // dt_grad is dΔ/d(pre-activation) = sigmoid(x) for Δ = softplus(x), from
 // Δ: 1 - exp(-Δ), without cancellation when Δ is small: below 0.5 as
 // Δ·(1 - Δ/2 + Δ²/6 - ... - Δ⁷/40320) (the next term is under 2e-8 of the
@@ -2108,6 +2135,73 @@ struct ScanLane {
                 const float r = f(v[q]);  // of the zeros past the end too: no branch
                 if (jt < kScanChunk) dst[jt * cpb + k] = jt < rows && ok ? r : 0.f;
             }
+        }
+    }
+    // stage_dy stages the chunk's output gradient: dy's rows, or with the
+    // gate (gb.z set) dy·silu(z) from dy = dout, writing dz as well when
+    // dz is set (each value once: the backward's second pass).
+    __device__ void stage_dy(float *dst, const float *dy, const ScanArgs &a, const GateBwd &gb,
+                             bool dz) const {
+        if (!gb.z) {
+            stage(dst, dy, a);
+            return;
+        }
+        const int e0 = blockIdx.x * cpb, rows = t1 - t0;
+        const int64_t row0 = b * a.T + t0;
+        const bool dzv = dz && (gb.dz16 ? (uintptr_t)gb.dz % 8 == 0 : aligned16(gb.dz));
+        if (cpb % 4 == 0 && a.E % 4 == 0 && gb.ldz % 4 == 0 && aligned16(dy) && aligned16(gb.z) &&
+            aligned16(gb.y) && aligned16(dst) && (!dz || dzv)) {
+            // Four channels a thread, 16-byte loads, kStageAhead4 rows in
+            // flight.
+            const int c4 = cpb / 4, k = 4 * (tid % c4), j0 = tid / c4, jstep = blockDim.x / c4;
+            const bool ok = e0 + k < a.E;
+            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j1 = j0; j1 < kScanChunk; j1 += kStageAhead4 * jstep) {
+                float4 g[kStageAhead4], z[kStageAhead4], y[kStageAhead4];
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++) {
+                    const int jt = j1 + q * jstep;
+                    const bool in = jt < rows && ok;
+                    const int64_t r = row0 + jt;
+                    g[q] = in ? *(const float4 *)(dy + r * a.E + e0 + k) : zero;
+                    z[q] = in ? *(const float4 *)(gb.z + r * gb.ldz + e0 + k) : zero;
+                    y[q] = in && dz ? *(const float4 *)(gb.y + r * a.E + e0 + k) : zero;
+                }
+#pragma unroll
+                for (int q = 0; q < kStageAhead4; q++) {
+                    const int jt = j1 + q * jstep;
+                    if (jt >= kScanChunk) break;
+                    float d[4];
+                    const float4 o = make_float4(gate_bwd_one(g[q].x, z[q].x, y[q].x, &d[0]),
+                                                 gate_bwd_one(g[q].y, z[q].y, y[q].y, &d[1]),
+                                                 gate_bwd_one(g[q].z, z[q].z, y[q].z, &d[2]),
+                                                 gate_bwd_one(g[q].w, z[q].w, y[q].w, &d[3]));
+                    const bool in = jt < rows && ok;
+                    *(float4 *)&dst[jt * cpb + k] = in ? o : zero;
+                    if (dz && in) {
+                        const int64_t at = (row0 + jt) * gb.ldz + e0 + k;
+                        if (gb.dz16)
+                            store_v<4>((__nv_bfloat16 *)gb.dz + at, d);
+                        else
+                            store_v<4>((float *)gb.dz + at, d);
+                    }
+                }
+            }
+            return;
+        }
+        const int k = tid % cpb, j0 = tid / cpb, jstep = blockDim.x / cpb;
+        const bool ok = e0 + k < a.E;
+        for (int jt = j0; jt < kScanChunk; jt += jstep) {
+            const bool in = jt < rows && ok;
+            float o = 0.f;
+            if (in) {
+                const int64_t r = row0 + jt, e = e0 + k;
+                float d;
+                o = gate_bwd_one(dy[r * a.E + e], gb.z[r * gb.ldz + e], dz ? gb.y[r * a.E + e] : 0.f,
+                                 &d);
+                if (dz) put_at(gb.dz, gb.dz16, r * gb.ldz + e, d);
+            }
+            dst[jt * cpb + k] = o;
         }
     }
     // stage_bc copies the chunk's rows of Bt or Ct into dst [step][N]
@@ -2620,14 +2714,15 @@ __global__ void __launch_bounds__(kScanQuadThreads)
 // k_scan_bwd_local in the four-state layout (N = 4·P); chunk blockIdx.y + 1.
 template <int P>
 __global__ void __launch_bounds__(kScanQuadThreads)
-    k_scan_bwd_local_quad(ScanArgs a, int nc, float *hloc, float *dsum, const float *dy) {
+    k_scan_bwd_local_quad(ScanArgs a, int nc, float *hloc, float *dsum, const float *dy,
+                          GateBwd gb) {
     extern __shared__ float4 sh4[];
     constexpr int N = 4 * P, cpb = kScanQuadThreads / P;
     ScanLane<1> L(a, blockIdx.y + 1);
     const int grp = L.grp, ln = L.ln;
     float *sd = (float *)sh4, *sg = sd + kScanChunk * cpb, *sct = sg + kScanChunk * cpb;
     L.stage_delta(sd, a);
-    L.stage(sg, dy, a);
+    L.stage_dy(sg, dy, a, gb, false);
     L.stage_bc(sct, a.Ct, a);
     float A[4], A2[4], g[4] = {0.f, 0.f, 0.f, 0.f}, ds = 0.f;
     quad_decay(A, A2, L, a);
@@ -2649,7 +2744,7 @@ __global__ void __launch_bounds__(kScanQuadThreads)
 template <int P>
 __global__ void __launch_bounds__(kScanQuadThreads, 4)
     k_scan_bwd_quad(ScanArgs a, int nc, float *du_out, float *ddelta_out, float *part, float *h,
-                    const float *dy, const float *ckpt, float *cols) {
+                    const float *dy, const float *ckpt, float *cols, GateBwd gb) {
     extern __shared__ float4 sh4[];
     constexpr int N = 4 * P, Ls = kScanQuadSub;
     constexpr int kept = P == 8 ? 2 : 1;               // finished sums per lane
@@ -2666,7 +2761,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     float4 *sK = (float4 *)(sW + 2 * warps * Ls * row2);  // [sub-chunk][thread]: its start
     L.stage_delta(sd, a);
     L.stage(su, a.u, a);
-    L.stage(sg, dy, a);
+    L.stage_dy(sg, dy, a, gb, true);
     L.stage_bc(sbt, a.Bt, a);
     L.stage_bc(sct, a.Ct, a);
     // Where the lane's finished sums go in a row; lanes that hold copies of
@@ -2928,6 +3023,16 @@ static bool quad_ok() {
     return ok;
 }
 
+// gate_bwd_fused says whether the four-state backward may take the gate in
+// (MAMBABYTE_CUDA_GATE_BWD=0 runs mb_gate_bwd's kernel first instead, for
+// comparisons). g_gate_dy holds that kernel's dy then.
+static bool gate_bwd_fused() {
+    static const bool ok = !switched_off("MAMBABYTE_CUDA_GATE_BWD");
+    return ok;
+}
+static float *g_gate_dy = nullptr;
+static size_t g_gate_dy_bytes = 0;
+
 template <class K, class... Args>
 static int quad_launch(K kernel, dim3 grid, size_t shmem, Args... args) {
     if (allow_smem(kernel, shmem)) return 1;
@@ -3014,6 +3119,10 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N, ldbc = dims->ldbc;
     if (B <= 0 || T <= 0 || E <= 0) return 0;
     if (scan_check("mb_scan_bwd", dims)) return 1;
+    if (dims->gate_z && (!dims->gate_y || !dims->gate_dz)) {
+        set_err("mb_scan_bwd: the gate needs gate_y and gate_dz with gate_z");
+        return 1;
+    }
     int P, J;
     scan_geometry(N, &P, &J);
     int nc = (int)((T + kScanChunk - 1) / kScanChunk);
@@ -3032,11 +3141,24 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     float *part = carve<float>(&cur, (int64_t)groups * B * T * 2 * N);
     float *cols = carve<float>(&cur, B * nc * 2 * E);
 
+    GateBwd gb{dims->gate_z, dims->ldz, dims->gate_y, dims->gate_dz, dims->gate_dz16 != 0};
+    if (gb.z && (!qP || !gate_bwd_fused())) {
+        // Only the four-state kernels take the gate in: the gate's backward
+        // runs first, its dy to a buffer of its own.
+        if (g_capturing && (size_t)(B * T * E) * sizeof(float) > g_gate_dy_bytes) {
+            set_err("mb_scan_bwd: cannot grow the gate's buffer while a graph is being captured");
+            return 1;
+        }
+        if (grow((void **)&g_gate_dy, &g_gate_dy_bytes, (size_t)(B * T * E) * sizeof(float))) return 1;
+        if (gate_bwd_to(g_gate_dy, gb.dz, gb.dz16, dy, gb.y, gb.z, gb.ldz, B * T, E)) return 1;
+        dy = g_gate_dy;
+        gb.z = nullptr;
+    }
     ScanArgs a{u, delta, Bt, Ct, A, Dskip, ldbc, (int)T, (int)E, (int)N, P, dims->dt_bias, dims->dt_raw != 0};
     if (nc > 1 && qP) {
         ScanArgs aq = a;
         aq.P = qP;
-        QUAD_LAUNCH(qP, k_scan_bwd_local_quad, quad_grid(B, E, qP, nc - 1), quad_smem(qP, N, 2, 1, 0), aq, nc, h, dsum, dy);
+        QUAD_LAUNCH(qP, k_scan_bwd_local_quad, quad_grid(B, E, qP, nc - 1), quad_smem(qP, N, 2, 1, 0), aq, nc, h, dsum, dy, gb);
     } else if (nc > 1) {
         int Pw, Jw;
         scan_geometry_wide(N, &Pw, &Jw);
@@ -3053,7 +3175,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
                                  (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4 +
                                      (size_t)2 * (kScanQuadThreads / 32) * kScanQuadSub * 2 * N);
         a.P = qP;
-        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt, cols);
+        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt, cols, gb);
     } else {
         // k_scan_bwd_chunk also holds the recomputed states and the block's
         // dBt, dCt sums.

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 12
+#define MB_ABI_VERSION 13
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -147,8 +147,12 @@ int mb_negexp(float *a, const float *alog, int64_t n);
  * gradient of that pre-activation where it writes ddelta, and adds its
  * column sums to dbias (may be NULL). With gate_z != NULL the forward also
  * does mb_gate_fwd's work: gate_out (B·T, E; bf16 when gate_out16) =
- * y·silu(z), z = gate_z with row stride ldz. The backward ignores the gate
- * fields. */
+ * y·silu(z), z = gate_z with row stride ldz. With gate_z != NULL the
+ * backward also does mb_gate_bwd's work: its dy is then the gradient of the
+ * gated output, and it writes gate_dz (row stride ldz; bf16 when
+ * gate_dz16) = dy·gate_y·silu'(z), taking dy·silu(z) as the scan's own
+ * output gradient, which it does not store (gate_y is the forward's y).
+ * The forward ignores gate_y and gate_dz, the backward gate_out. */
 typedef struct {
     int64_t B, T, E, N, ldbc;
     int64_t dt_raw;
@@ -158,6 +162,9 @@ typedef struct {
     int64_t ldz;
     void *gate_out;
     int64_t gate_out16;
+    const float *gate_y;
+    void *gate_dz;
+    int64_t gate_dz16;
 } mb_scan_dims;
 
 /* Selective scan forward (see cpu.ScanForward): y (B,T,E); s0, sT (B,E,N)

@@ -82,9 +82,13 @@ type DtScanner interface {
 // GatedScanner is implemented by DtScanners whose scan can apply the gate
 // as it writes its output: ScanDtGate computes what ScanDt(y, ...) followed
 // by Gate(g, y, z, ldz, B·T, E) computes, y included (the backward reads
-// it). g may be an operand tensor, as Gate's out may.
+// it). g may be an operand tensor, as Gate's out may. ScanDtGateBackward
+// computes what GateBackward(dy, dz, dg, y, z, ldz, B·T, E) followed by
+// ScanDtBackward(..., dy, ...) computes, where dg is the gradient of g,
+// without a dy tensor; dz may be an operand tensor, as GateBackward's may.
 type GatedScanner interface {
 	ScanDtGate(g, z Tensor, ldz int, y, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
+	ScanDtGateBackward(dz, dg, y, z Tensor, ldz int, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
 }
 
 // ConvRecomputer is implemented by backends for which recomputing the

@@ -139,7 +139,10 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	p.logits = be.Alloc(BT * V)
 	if train {
 		p.dh, p.dn = be.Alloc(BT*D), be.Alloc(BT*D)
-		p.dg, p.dy = be.Alloc(BT*E), be.Alloc(BT*E)
+		p.dg = be.Alloc(BT * E)
+		if p.gs == nil {
+			p.dy = be.Alloc(BT * E) // (a GatedScanner needs none)
+		}
 		p.dxz = operand(BT * 2 * E)
 		p.du, p.ddelta = be.Alloc(BT*E), be.Alloc(BT*E)
 		p.dxdbl = be.Alloc(BT * (R + 2*N))
@@ -372,9 +375,11 @@ func (p *Pass) Backward() error {
 		// 8. out = g·W_outᵀ: dW_out += dhᵀ·g; dg = dh·W_out.
 		be.Gemm(true, false, D, E, BT, 1, p.dh, D, a.g, E, 1, gw.outProj, E)
 		be.Gemm(false, false, BT, E, D, 1, p.dh, D, w.outProj, E, 0, p.dg, E)
-		// 7. gate.
+		// 7. gate (inside the scan's backward with a GatedScanner).
 		dz := p.dxz.Slice(E, p.dxz.Len()-E)
-		be.GateBackward(p.dy, dz, p.dg, a.y, z, 2*E, BT, E)
+		if p.gs == nil {
+			be.GateBackward(p.dy, dz, p.dg, a.y, z, 2*E, BT, E)
+		}
 		// 6. scan.
 		bt := a.xdbl.Slice(R, a.xdbl.Len()-R)
 		ct := a.xdbl.Slice(R+N, a.xdbl.Len()-R-N)
@@ -382,9 +387,12 @@ func (p *Pass) Backward() error {
 		dct := p.dxdbl.Slice(R+N, p.dxdbl.Len()-R-N)
 		// 6 and 5. scan, then dt: draw overwrites ddelta (a DtScanner
 		// writes it there directly); dW_dt += drawᵀ·r; dr = draw·W_dt.
-		if p.dts != nil {
+		switch {
+		case p.gs != nil:
+			p.gs.ScanDtGateBackward(dz, p.dg, a.y, z, 2*E, p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, gw.dtBias, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
+		case p.dts != nil:
 			p.dts.ScanDtBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, gw.dtBias, p.dy, a.u, a.raw, w.dtBias, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
-		} else {
+		default:
 			be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
 			be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
 		}

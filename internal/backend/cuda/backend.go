@@ -518,6 +518,17 @@ func (be *Backend) ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, 
 	keep(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, u, raw, dtBias, Bt, Ct, a, dskip, ckpt)
 }
 
+// ScanDtGateBackward is GateBackward followed by ScanDtBackward: the
+// scan's backward kernels take dg·silu(z) as they stage a chunk, and the
+// last of them writes dz (backend.GatedScanner).
+func (be *Backend) ScanDtGateBackward(dz, dg, y, z backend.Tensor, ldz int, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
+	pz, hz := ptrOp(dz)
+	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias), dbias: ptr(dbias),
+		gateZ: ptr(z), ldz: i64(ldz), gateY: ptr(y), gateDz: pz, gateDz16: int64(hz)}
+	be.l.check("scan backward", be.l.scanBwd(ptr(du), ptr(draw), ptr(dBt), ptr(dCt), ptr(dalog), ptr(ddskip), ptr(dg), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(ckpt), dims))
+	keep(dz, dg, y, z, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct, a, dskip, ckpt)
+}
+
 func (be *Backend) Gate(out, y, z backend.Tensor, ldz, rows, E int) {
 	po, ho := ptrOp(out)
 	be.l.check("gate", be.l.gateFwd(po, ptr(y), ptr(z), i64(ldz), i64(rows), i64(E), ho))

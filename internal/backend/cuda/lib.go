@@ -20,7 +20,7 @@ const (
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 12
+const abiVersion = 13
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -135,6 +135,8 @@ type scanDims struct {
 	ldz              int64
 	gateOut          uintptr
 	gateOut16        int64
+	gateY, gateDz    uintptr
+	gateDz16         int64
 }
 
 var (

@@ -167,6 +167,32 @@ func TestOperandWriters(t *testing.T) {
 			be.GateBackward(dy.on(s), dz.on(s), dout.on(s), y.on(s), z.on(s), 2*E, rows, E)
 		})
 		e.check(fmt.Sprintf("gate backward rows=%d E=%d dy", rows, E), "operand outputs", dy, tolFP32)
+		// The gate's backward inside the scan's writes the same operand
+		// (N 16: inside the four-state kernels; N 5: the gate's kernel
+		// first).
+		for _, N := range []int{16, 5} {
+			const R = 3
+			ldbc := R + 2*N
+			xdbl := e.randn(rows*ldbc, 0, 1)
+			bt, ct := bcViews(xdbl, R, N)
+			u, raw, bias := e.randn(rows*E, 0, 1), e.randn(rows*E, -1, 1), e.randn(E, 0, 0.5)
+			a, dskip := scanDecay(e, E, N), e.randn(E, 1, 0.5)
+			nc := cpu.New().ScanCheckpoints(rows)
+			ckpt := e.randn(nc*E*N, 0, 1)
+			du, draw, dxdbl := e.nan(rows*E), e.nan(rows*E), e.nan(rows*ldbc)
+			dbt, dct := bcViews(dxdbl, R, N)
+			dalog, ddskip, dbias := e.randn(E*N, 0, 1), e.randn(E, 0, 1), e.randn(E, 0, 1)
+			dxz2 := e.operand(rows*2*E, nil)
+			dz2 := dxz2.slice(E, rows*2*E-E)
+			e.run(func(be backend.Backend, s side) {
+				if gs, ok := be.(backend.GatedScanner); ok {
+					gs.ScanDtGateBackward(dz2.on(s), dout.on(s), y.on(s), z.on(s), 2*E, du.on(s), draw.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dbias.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), 1, rows, E, N)
+					return
+				}
+				be.GateBackward(cpu.New().Alloc(rows*E), dz2.on(s), dout.on(s), y.on(s), z.on(s), 2*E, rows, E)
+			})
+			e.checkRounded(fmt.Sprintf("scan with gate backward rows=%d E=%d N=%d dz (bf16)", rows, E, N), dz2)
+		}
 		// dxi into the first half, with the pre-activation recomputed (and
 		// stored, on the CPU).
 		const B, K = 1, 4

@@ -616,5 +616,29 @@ func TestScanDt(t *testing.T) {
 		e.check("scan dt backward dalog "+name, "scan backward", dalog, tolFP32)
 		e.check("scan dt backward ddskip "+name, "scan backward", ddskip, tolFP32)
 		e.check("scan dt backward dbias "+name, "scan backward", dbias, tolFP32)
+
+		// With the gate's backward inside the scan's (GatedScanner): dg the
+		// gradient of g, dz into the second half of (B·T, 2E) rows as the
+		// model's dxz; the CPU runs GateBackward, then the scan's and Dt's.
+		dg := e.randn(B*T*E, 0, 1)
+		dxz := e.nan(B * T * 2 * E)
+		dz := dxz.slice(E, B*T*2*E-E)
+		dyc := e.nan(B * T * E) // the CPU's dy
+		e.run(func(be backend.Backend, s side) {
+			if gs, ok := be.(backend.GatedScanner); ok {
+				gs.ScanDtGateBackward(dz.on(s), dg.on(s), yg.on(s), z.on(s), 2*E, du.on(s), draw.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dbias.on(s), u.on(s), raw.on(s), bias.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), B, T, E, N)
+				return
+			}
+			be.GateBackward(dyc.on(s), dz.on(s), dg.on(s), yg.on(s), z.on(s), 2*E, B*T, E)
+			be.ScanBackward(du.on(s), draw.on(s), dbt.on(s), dct.on(s), dalog.on(s), ddskip.on(s), dyc.on(s), u.on(s), delta.on(s), bt.on(s), ct.on(s), ldbc, a.on(s), dskip.on(s), ckpt.on(s), B, T, E, N)
+			be.DtBackward(draw.on(s), dbias.on(s), draw.on(s), rawCPU.on(s), B*T, E)
+		})
+		e.check("scan gate backward dz "+name, "scan backward", dz, tolFP32)
+		e.check("scan gate backward du "+name, "scan backward", du, tolFP32)
+		e.check("scan gate backward draw "+name, "scan backward", draw, tolFP32)
+		e.check("scan gate backward dBt,dCt "+name, "scan backward", dxdbl, tolFP32)
+		e.check("scan gate backward dalog "+name, "scan backward", dalog, tolFP32)
+		e.check("scan gate backward ddskip "+name, "scan backward", ddskip, tolFP32)
+		e.check("scan gate backward dbias "+name, "scan backward", dbias, tolFP32)
 	}
 }

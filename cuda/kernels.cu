@@ -156,14 +156,19 @@ static int grow(void **buf, size_t *have, size_t bytes) {
     return 0;
 }
 
-// workspace makes *p point at a device workspace of at least bytes. A
-// graph being captured may already refer to it, so it cannot grow then.
-static int workspace(size_t bytes, void **p) {
-    if (bytes > g_ws_bytes && g_capturing) {
-        set_err("workspace: cannot grow to %zu bytes while a graph is being captured", bytes);
+// grow_uncaptured is grow for a buffer that a graph being captured may
+// already refer to, so it cannot grow then (what names it in the error).
+static int grow_uncaptured(const char *what, void **buf, size_t *have, size_t bytes) {
+    if (bytes > *have && g_capturing) {
+        set_err("%s: cannot grow to %zu bytes while a graph is being captured", what, bytes);
         return 1;
     }
-    if (grow(&g_ws, &g_ws_bytes, bytes)) return 1;
+    return grow(buf, have, bytes);
+}
+
+// workspace makes *p point at a device workspace of at least bytes.
+static int workspace(size_t bytes, void **p) {
+    if (grow_uncaptured("workspace", &g_ws, &g_ws_bytes, bytes)) return 1;
     *p = g_ws;
     return 0;
 }
@@ -3145,11 +3150,9 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     if (gb.z && (!qP || !gate_bwd_fused())) {
         // Only the four-state kernels take the gate in: the gate's backward
         // runs first, its dy to a buffer of its own.
-        if (g_capturing && (size_t)(B * T * E) * sizeof(float) > g_gate_dy_bytes) {
-            set_err("mb_scan_bwd: cannot grow the gate's buffer while a graph is being captured");
+        if (grow_uncaptured("mb_scan_bwd: the gate's buffer", (void **)&g_gate_dy, &g_gate_dy_bytes,
+                      (size_t)(B * T * E) * sizeof(float)))
             return 1;
-        }
-        if (grow((void **)&g_gate_dy, &g_gate_dy_bytes, (size_t)(B * T * E) * sizeof(float))) return 1;
         if (gate_bwd_to(g_gate_dy, gb.dz, gb.dz16, dy, gb.y, gb.z, gb.ldz, B * T, E)) return 1;
         dy = g_gate_dy;
         gb.z = nullptr;

@@ -2915,11 +2915,21 @@ __global__ void k_scan_dbc(float *dBt, float *dCt, int64_t ldbc, const float *pa
 }
 
 // dAlog[e,n] += A[e,n]·Σ_k part[k,e,n] over k < K, in order (d(Δ·A)/dA_log = Δ·A).
+// The loads go out kCarryBatch at a time ahead of the adds: with one
+// thread per (e, n) and K in the hundreds, the sum is otherwise a chain of
+// round trips.
 __global__ void k_scan_dalog(float *dAlog, const float *part, const float *A, int64_t K,
                              int64_t EN) {
     GRID_LOOP(i, EN) {
         float s = 0.f;
-        for (int64_t k = 0; k < K; k++) s += part[k * EN + i];
+        for (int64_t k0 = 0; k0 < K; k0 += kCarryBatch) {
+            float v[kCarryBatch];
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++) v[q] = k0 + q < K ? part[(k0 + q) * EN + i] : 0.f;
+#pragma unroll
+            for (int q = 0; q < kCarryBatch; q++)
+                if (k0 + q < K) s += v[q];
+        }
         dAlog[i] += s * A[i];
     }
 }

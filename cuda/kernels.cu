@@ -375,8 +375,12 @@ static int allow_smem(F kernel, size_t smem) {
 // ---------------------------------------------------------------------------
 // Deterministic column sums: out[q][c] (+)= Σ_r f(r, c, q) for c < C, q < Q.
 // Stage 1: a block of 32×8 threads sums a 32-column tile over one chunk of
-// rows into part[chunk][q][c]. Stage 2: one thread per (q, c) adds the chunk
-// partials in order and hands the total to the functor's store.
+// rows into part[chunk][q][c]. Stage 2 (colsum_final): a block of 32×8
+// threads takes 32 of the Q·C sums; its row y adds the partials of the
+// y-th eighth of the chunks in chunk order, and the block adds the eight
+// in row order before handing the total to the functor's store. (With one
+// thread a sum walking all the chunks, a norm's 2,048 sums ran on 8 SMs
+// and took 15 µs, a chain of round trips.)
 
 static const int kMaxChunks = 256;
 static const int kColsumBatch = 8;
@@ -402,24 +406,38 @@ __global__ void k_colsum_partial(F f, float *part, int64_t rows, int64_t C, int6
 
 template <class F>
 __global__ void k_colsum_final(F f, const float *part, int64_t chunks, int Q, int64_t C) {
-    GRID_LOOP(i, (int64_t)Q * C) {
-        int q = (int)(i / C);
-        int64_t c = i - (int64_t)q * C;
+    __shared__ float sh[8][33];
+    const int64_t QC = (int64_t)Q * C, i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const int64_t per = (chunks + 7) / 8, k0 = threadIdx.y * per;
+    const int64_t k1 = k0 + per < chunks ? k0 + per : chunks;
+    float s = 0.f;
+    if (i < QC) {
         // The partials are loaded kColsumBatch at a time and added in
-        // chunk order (one load in flight per thread left this kernel
-        // waiting on memory).
-        const float *p = part + (int64_t)q * C + c;
-        int64_t stride = (int64_t)Q * C;
-        float s = 0.f;
-        for (int64_t ch = 0; ch < chunks; ch += kColsumBatch) {
+        // chunk order.
+        const float *p = part + i;
+        for (int64_t ch = k0; ch < k1; ch += kColsumBatch) {
             float v[kColsumBatch];
 #pragma unroll
-            for (int j = 0; j < kColsumBatch; j++) v[j] = ch + j < chunks ? p[(ch + j) * stride] : 0.f;
+            for (int j = 0; j < kColsumBatch; j++) v[j] = ch + j < k1 ? p[(ch + j) * QC] : 0.f;
 #pragma unroll
             for (int j = 0; j < kColsumBatch; j++) s += v[j];
         }
-        f.store(c, q, s);
     }
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && i < QC) {
+        float t = 0.f;
+        for (int k = 0; k < 8; k++) t += sh[k][threadIdx.x];
+        const int q = (int)(i / C);
+        f.store(i - (int64_t)q * C, q, t);
+    }
+}
+
+// colsum_final launches stage 2 over chunks partials part[chunk][q][c].
+template <class F>
+static void colsum_final(F f, const float *part, int64_t chunks, int Q, int64_t C) {
+    const int64_t QC = (int64_t)Q * C;
+    k_colsum_final<<<(unsigned)((QC + 31) / 32), dim3(32, 8), 0, g_stream>>>(f, part, chunks, Q, C);
 }
 
 // colsum runs both stages for functor f (with operator()(r,c,q) and
@@ -436,7 +454,7 @@ static int colsum(F f, int64_t rows, int64_t C, int Q) {
     dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks, (unsigned)Q);
     k_colsum_partial<<<grid, dim3(32, 8), 0, g_stream>>>(f, part, rows, C, rch);
     LAUNCHED();
-    k_colsum_final<<<grid_for((int64_t)Q * C), kThreads, 0, g_stream>>>(f, part, chunks, Q, C);
+    colsum_final(f, part, chunks, Q, C);
     LAUNCHED();
     return 0;
 }
@@ -1115,10 +1133,14 @@ extern "C" int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, 
 // r0+w, r0+w+W, ... of the block's chunk [r0, r0+rch), adds into dx as
 // k_norm_bwd_dx does, and sums its rows' dout·xhat (and dout when Q is 2)
 // per column in its own slice of shared memory; the block then adds the W
-// slices in warp order into part[chunk][q][c], which k_colsum_final adds
-// in chunk order. V > 0: the lane keeps its V values of the row's x and
+// slices in warp order into part[chunk][q][c], which colsum_final adds. V > 0: the lane keeps its V values of the row's x and
 // dout in registers between the two passes (D <= 32·V); V = 0 reads them
-// again.
+// again. The block keeps w in shared memory after the warps' slices, and
+// the second pass reads dx kNormBatch values a lane at a time before it
+// writes them: with w read from global memory inside that loop, the
+// compiler could not move a load of w or dx above a store to dx (they
+// might alias), and each value of a row cost a round trip.
+static const int kNormBatch = 8;
 template <int V>
 __global__ void __launch_bounds__(256, 2)
     k_norm_bwd_rows(float *dx, float *part, const float *dout, const float *x, const float *w,
@@ -1127,9 +1149,10 @@ __global__ void __launch_bounds__(256, 2)
     extern __shared__ float sacc[];
     const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t QD = (int64_t)Q * D;
-    float *acc = sacc + warp * QD;
+    float *acc = sacc + warp * QD, *sw = sacc + W * QD;
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) sw[c] = w[c];
     for (int64_t c = lane; c < QD; c += 32) acc[c] = 0.f;
-    __syncwarp();  // (a lane may add to a column another lane zeroed)
+    __syncthreads();  // (sw; and a lane may add to a column another lane zeroed)
     const int64_t r0 = (int64_t)blockIdx.x * rch, r1 = min(rows, r0 + rch);
     // The lane's j-th value of a row is column lane + 32·j: nj of them,
     // a constant with the row in registers.
@@ -1152,7 +1175,7 @@ __global__ void __launch_bounds__(256, 2)
         for (int j = 0; j < nj; j++) {
             const int i = lane + 32 * j;
             if (i < D) {
-                const float g = (V > 0 ? gv[j] : gr[i]) * w[i];
+                const float g = (V > 0 ? gv[j] : gr[i]) * sw[i];
                 sg += g;
                 sgx += g * (((V > 0 ? xv[j] : xr[i]) - m) * rs);
             }
@@ -1160,13 +1183,35 @@ __global__ void __launch_bounds__(256, 2)
         const float mg = rms ? 0.f : warp_sum(sg) / (float)D;
         const float mgx = warp_sum(sgx) / (float)D;
 #pragma unroll
-        for (int j = 0; j < nj; j++) {
-            const int i = lane + 32 * j;
-            if (i < D) {
-                const float xh = ((V > 0 ? xv[j] : xr[i]) - m) * rs, g = V > 0 ? gv[j] : gr[i];
-                dr[i] += rs * (g * w[i] - mg - xh * mgx);
-                acc[i] += g * xh;
-                if (Q == 2) acc[D + i] += g;
+        for (int j0 = 0; j0 < nj; j0 += kNormBatch) {
+            // (V = 0: the batch's x and dout as well.)
+            float dv[kNormBatch], xb[V > 0 ? 1 : kNormBatch], gb[V > 0 ? 1 : kNormBatch];
+#pragma unroll
+            for (int q = 0; q < kNormBatch; q++) {
+                const int i = lane + 32 * (j0 + q);
+                const bool in = j0 + q < nj && i < D;
+                dv[q] = in ? dr[i] : 0.f;
+                if constexpr (V == 0) {
+                    xb[q] = in ? xr[i] : 0.f;
+                    gb[q] = in ? gr[i] : 0.f;
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < kNormBatch; q++) {
+                const int j = j0 + q, i = lane + 32 * j;
+                if (j < nj && i < D) {
+                    float xh, g;
+                    if constexpr (V > 0) {
+                        xh = (xv[j] - m) * rs;
+                        g = gv[j];
+                    } else {
+                        xh = (xb[q] - m) * rs;
+                        g = gb[q];
+                    }
+                    dr[i] = dv[q] + rs * (g * sw[i] - mg - xh * mgx);
+                    acc[i] += g * xh;
+                    if (Q == 2) acc[D + i] += g;
+                }
             }
         }
     }
@@ -1184,22 +1229,22 @@ template <int V>
 static int norm_bwd_rows(float *dx, const NormCols &f, const float *dout, const float *x,
                          const float *w, const float *mean, const float *rstd, int64_t rows,
                          int64_t D, int rms, int Q) {
-    const size_t per_warp = (size_t)Q * D * sizeof(float);
+    const size_t per_warp = (size_t)Q * D * sizeof(float), wbytes = (size_t)D * sizeof(float);
     int W = 8;
-    while (W > 1 && per_warp * W > (160u << 10)) W /= 2;
-    if (per_warp * W > (160u << 10)) return -1;
+    while (W > 1 && per_warp * W + wbytes > (160u << 10)) W /= 2;
+    if (per_warp * W + wbytes > (160u << 10)) return -1;
     // About two blocks per SM's worth of chunks, each at least 2 rows a warp.
     int64_t rch = (rows + 2 * g_sms - 1) / (2 * g_sms);
     if (rch < 2 * W) rch = 2 * W;
     int64_t chunks = (rows + rch - 1) / rch;
     void *ws;
     if (workspace((size_t)chunks * Q * D * sizeof(float), &ws)) return 1;
-    size_t smem = per_warp * W;
+    size_t smem = per_warp * W + wbytes;
     if (allow_smem(k_norm_bwd_rows<V>, smem)) return 1;
     k_norm_bwd_rows<V><<<(unsigned)chunks, 32 * W, smem, g_stream>>>(dx, (float *)ws, dout, x, w, mean, rstd,
                                                                      rows, D, rch, rms, Q);
     LAUNCHED();
-    k_colsum_final<<<grid_for((int64_t)Q * D), kThreads, 0, g_stream>>>(f, (const float *)ws, chunks, Q, D);
+    colsum_final(f, (const float *)ws, chunks, Q, D);
     LAUNCHED();
     return 0;
 }
@@ -1537,7 +1582,7 @@ extern "C" int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, cons
         if (workspace((size_t)(grid.y * (K + 1) * E) * sizeof(float), &ws)) return 1;
         float *part = (float *)ws;
         CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, dxi16, ldx, part, du, pre, xi, prev, w, bias, B, T, E, nc);
-        k_colsum_final<<<grid_for((K + 1) * E), kThreads, 0, g_stream>>>(f, part, grid.y, (int)K + 1, E);
+        colsum_final(f, part, grid.y, (int)K + 1, E);
         LAUNCHED();
         return 0;
     }
@@ -1735,18 +1780,28 @@ extern "C" int mb_scale(float *x, float s, int64_t n) {
     return 0;
 }
 
+// adamw_val is one AdamW update of a value p with gradient g and moments
+// m, v.
+__device__ __forceinline__ void adamw_val(float &p, float g, float &m, float &v, float lr,
+                                          float beta1, float beta2, float eps, float wd, float bc1,
+                                          float bc2) {
+    const float mi = beta1 * m + (1.f - beta1) * g;
+    const float vi = beta2 * v + (1.f - beta2) * g * g;
+    m = mi;
+    v = vi;
+    const float den = sqrtf(vi / bc2) + eps;
+    p = p - lr * (mi / bc1 / den + wd * p);
+}
+
 // adamw_one is one AdamW update of value i.
 __device__ __forceinline__ void adamw_one(float *param, const float *grad, float *m, float *v,
                                           int64_t i, float lr, float beta1, float beta2, float eps,
                                           float wd, float bc1, float bc2) {
-    float g = grad[i];
-    float mi = beta1 * m[i] + (1.f - beta1) * g;
-    float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    float p = param[i], mi = m[i], vi = v[i];
+    adamw_val(p, grad[i], mi, vi, lr, beta1, beta2, eps, wd, bc1, bc2);
     m[i] = mi;
     v[i] = vi;
-    float den = sqrtf(vi / bc2) + eps;
-    float p = param[i];
-    param[i] = p - lr * (mi / bc1 / den + wd * p);
+    param[i] = p;
 }
 
 __global__ void k_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
@@ -1763,12 +1818,39 @@ struct AdamWPiece {
 };
 static const int32_t kAdamWPiece = 1 << 16;
 
+// A thread of k_adamw_runs loads kAdamWBatch values of each array before it
+// stores any: with the four arrays possibly aliasing one another, the
+// compiler kept one value's round trip in flight at a time.
+static const int kAdamWBatch = 4;
+
 __global__ void k_adamw_runs(float *param, const float *grad, float *m, float *v,
                              const AdamWPiece *pieces, float lr, float beta1, float beta2,
                              float eps, float bc1, float bc2) {
     const AdamWPiece pc = pieces[blockIdx.x];
-    for (int32_t j = threadIdx.x; j < pc.n; j += blockDim.x)
-        adamw_one(param, grad, m, v, pc.off + j, lr, beta1, beta2, eps, pc.wd, bc1, bc2);
+    float *pp = param + pc.off, *mp = m + pc.off, *vp = v + pc.off;
+    const float *gp = grad + pc.off;
+    const int32_t bd = blockDim.x;
+    for (int32_t j0 = threadIdx.x; j0 < pc.n; j0 += kAdamWBatch * bd) {
+        float pv[kAdamWBatch], gv[kAdamWBatch], mv[kAdamWBatch], vv[kAdamWBatch];
+#pragma unroll
+        for (int q = 0; q < kAdamWBatch; q++) {
+            const int32_t j = j0 + q * bd;
+            const bool in = j < pc.n;
+            pv[q] = in ? pp[j] : 0.f;
+            gv[q] = in ? gp[j] : 0.f;
+            mv[q] = in ? mp[j] : 0.f;
+            vv[q] = in ? vp[j] : 0.f;
+        }
+#pragma unroll
+        for (int q = 0; q < kAdamWBatch; q++) {
+            const int32_t j = j0 + q * bd;
+            if (j >= pc.n) break;
+            adamw_val(pv[q], gv[q], mv[q], vv[q], lr, beta1, beta2, eps, pc.wd, bc1, bc2);
+            mp[j] = mv[q];
+            vp[j] = vv[q];
+            pp[j] = pv[q];
+        }
+    }
 }
 
 static AdamWPiece *g_pieces = nullptr;
@@ -3202,7 +3284,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     if (qP) {
         // dDskip and the dt bias from the chunk sums the kernel left.
         ScanCols f{dDskip, dims->dt_raw ? dims->dbias : nullptr};
-        k_colsum_final<<<grid_for(2 * E), kThreads, 0, g_stream>>>(f, cols, B * nc, 2, E);
+        colsum_final(f, cols, B * nc, 2, E);
         LAUNCHED();
         return 0;
     }

@@ -109,12 +109,14 @@ func TestEmbed(t *testing.T) {
 // TestNorm also takes rows of 20500 values: the backward keeps a warp's
 // column sums in shared memory, one warp a block for RMSNorm there, and
 // for LayerNorm's two sums they do not fit, so it takes its other kernels.
+// D 300 and 1500 take the backward's middle and general sizes (V 16, 0)
+// with more than 40 rows.
 func TestNorm(t *testing.T) {
 	g, _ := gpus(t)
 	e := newEnv(t, g, 4)
 	for _, rows := range []int{1, 5, 37, 300, 600} {
-		for _, D := range []int{7, 32, 130, 1024, 20500} {
-			if D > 1024 && rows > 40 {
+		for _, D := range []int{7, 32, 130, 300, 1024, 1500, 20500} {
+			if D > 2048 && rows > 40 {
 				continue
 			}
 			for _, rms := range []bool{false, true} {

@@ -115,6 +115,21 @@ type OperandAllocator interface {
 	AllocOperand(n, minSide int) Tensor
 }
 
+// WeightRounder is implemented by backends whose matrix products round a
+// float32 operand to a lower precision (bf16) on every product that reads
+// it. The model keeps such rounded copies of the weights its training
+// passes multiply by, made again after each parameter change, so that no
+// product rounds a weight of its own; the products give the same results.
+//
+// RoundsWeights says whether GEMMs whose sides are all at least minSide
+// round float32 operands. RoundWeight returns src rounded so, as a tensor
+// that Gemm takes as A or B (and no other operation): in dst when dst is
+// such a copy of src's length (made again in place), else in a new one.
+type WeightRounder interface {
+	RoundsWeights(minSide int) bool
+	RoundWeight(dst, src Tensor) Tensor
+}
+
 // Capturer is implemented by backends that can record a sequence of
 // operations once and replay it with one call (CUDA graphs), which removes
 // the cost of issuing each operation. Users check for it with a type

@@ -28,6 +28,12 @@ type Model struct {
 	negA        backend.Tensor
 	negAVersion uint64
 
+	// Each layer's in_proj and out_proj rounded for the backend's
+	// products (backend.WeightRounder), as of roundedVersion; nil until a
+	// training pass reads them.
+	rounded        []roundedLayer
+	roundedVersion uint64
+
 	// The backend's copy of the weights for its fused step
 	// (backend.StepFuser), as of fusedVersion; fusedErr is why there is
 	// none when the backend declined.
@@ -55,6 +61,27 @@ func (m *Model) decay(l int) backend.Tensor {
 		m.negAVersion = m.version
 	}
 	return m.negA.Slice(l*EN, EN)
+}
+
+// roundedLayer holds a layer's in_proj and out_proj weights as a
+// backend.WeightRounder rounds them.
+type roundedLayer struct{ inProj, outProj backend.Tensor }
+
+// roundedWeights returns layer l's rounded in_proj and out_proj, making
+// every layer's again after a parameter change (wr is m.BE).
+func (m *Model) roundedWeights(wr backend.WeightRounder, l int) roundedLayer {
+	if m.rounded == nil || m.roundedVersion != m.version {
+		if m.rounded == nil {
+			m.rounded = make([]roundedLayer, m.Cfg.NLayer)
+		}
+		for i, w := range m.p.layers {
+			r := &m.rounded[i]
+			r.inProj = wr.RoundWeight(r.inProj, w.inProj)
+			r.outProj = wr.RoundWeight(r.outProj, w.outProj)
+		}
+		m.roundedVersion = m.version
+	}
+	return m.rounded[l]
 }
 
 // stepWeights returns the backend's fused step and its copy of the

@@ -28,6 +28,9 @@ type Pass struct {
 	// crc, when the backend is one, recomputes the conv's pre-activation
 	// in Backward (layerActs.pre stays nil).
 	crc backend.ConvRecomputer
+	// wr, when the backend is one and rounds this pass's products'
+	// operands, rounds the weights they read (Model.roundedWeights).
+	wr backend.WeightRounder
 
 	ids     []int32
 	targets []int32
@@ -87,6 +90,9 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		p.gs, _ = m.BE.(backend.GatedScanner)
 	}
 	p.crc, _ = m.BE.(backend.ConvRecomputer)
+	if wr, ok := m.BE.(backend.WeightRounder); ok && train && wr.RoundsWeights(min(BT, D, E)) {
+		p.wr = wr
+	}
 	nl := 1
 	if train && !recompute {
 		nl = c.NLayer
@@ -208,7 +214,7 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 	be.Embed(h, ids, m.p.embed, BT, D)
 	for l := 0; l < c.NLayer; l++ {
 		a := p.actsFor(l)
-		w := &m.p.layers[l]
+		_, wOut := p.projections(l)
 		p.layerForward(l, a, st)
 		// 8. h = h + g · W_outᵀ                                        (BT,D)
 		// A training pass keeps each layer's input, so the sum goes to the
@@ -221,7 +227,7 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 			}
 			be.Copy(out, h)
 		}
-		be.Gemm(false, true, BT, D, E, 1, a.g, E, w.outProj, E, 1, out, D)
+		be.Gemm(false, true, BT, D, E, 1, a.g, E, wOut, E, 1, out, D)
 		h = out
 	}
 	// Final norm and head: logits = Norm_f(h) · W_headᵀ                 (BT,V)
@@ -246,6 +252,18 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 		be.Download(nll, nllT)
 	}
 	return sum, count, nil
+}
+
+// projections returns layer l's in_proj and out_proj weights as the
+// pass's products read them: the model's rounded copies where the backend
+// rounds its operands (backend.WeightRounder), else the weights.
+func (p *Pass) projections(l int) (in, out backend.Tensor) {
+	if p.wr != nil {
+		r := p.m.roundedWeights(p.wr, l)
+		return r.inProj, r.outProj
+	}
+	w := &p.m.p.layers[l]
+	return w.inProj, w.outProj
 }
 
 // layerIn is the residual stream entering layer l (an inference pass has
@@ -277,7 +295,8 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 	// 1. Pre-norm: nrm = Norm(h)                                       (BT,D)
 	be.Norm(a.nrm, a.mean, a.rstd, a.hIn, w.norm, w.normB, BT, D, float32(c.NormEps), c.Norm == RMSNorm)
 	// 2. [xi, z] = nrm · W_inᵀ                                         (BT,2E)
-	be.Gemm(false, true, BT, 2*E, D, 1, a.nrm, D, w.inProj, D, 0, a.xz, 2*E)
+	wIn, _ := p.projections(l)
+	be.Gemm(false, true, BT, 2*E, D, 1, a.nrm, D, wIn, D, 0, a.xz, 2*E)
 	// 3. u = silu(causal depthwise conv(xi))                           (BT,E)
 	var prev backend.Tensor
 	if st != nil {
@@ -370,11 +389,12 @@ func (p *Pass) Backward() error {
 			p.layerForward(l, a, nil)
 		}
 		w := &m.p.layers[l]
+		wIn, wOut := p.projections(l)
 		gw := &m.g.layers[l]
 		z := a.xz.Slice(E, a.xz.Len()-E)
 		// 8. out = g·W_outᵀ: dW_out += dhᵀ·g; dg = dh·W_out.
 		be.Gemm(true, false, D, E, BT, 1, p.dh, D, a.g, E, 1, gw.outProj, E)
-		be.Gemm(false, false, BT, E, D, 1, p.dh, D, w.outProj, E, 0, p.dg, E)
+		be.Gemm(false, false, BT, E, D, 1, p.dh, D, wOut, E, 0, p.dg, E)
 		// 7. gate (inside the scan's backward with a GatedScanner).
 		dz := p.dxz.Slice(E, p.dxz.Len()-E)
 		if p.gs == nil {
@@ -409,7 +429,7 @@ func (p *Pass) Backward() error {
 		}
 		// 2. in_proj: dW_in += dxzᵀ·nrm; dn = dxz·W_in.
 		be.Gemm(true, false, 2*E, D, BT, 1, p.dxz, 2*E, a.nrm, D, 1, gw.inProj, D)
-		be.Gemm(false, false, BT, D, 2*E, 1, p.dxz, 2*E, w.inProj, D, 0, p.dn, D)
+		be.Gemm(false, false, BT, D, 2*E, 1, p.dxz, 2*E, wIn, D, 0, p.dn, D)
 		// 1. norm: the residual passes dh through; the norm adds its part.
 		be.NormBackward(p.dh, gw.norm, gw.normB, p.dn, a.hIn, w.norm, a.mean, a.rstd, BT, D, rms)
 		p.gradDone(c.NLayer - l)

@@ -291,6 +291,7 @@ func (be *Backend) Alloc(n int) backend.Tensor {
 }
 
 var _ backend.OperandAllocator = (*Backend)(nil)
+var _ backend.WeightRounder = (*Backend)(nil)
 
 // AllocOperand returns a zeroed tensor of n values for an operand of
 // GEMMs whose sides are all at least minSide (backend.OperandAllocator):
@@ -307,6 +308,30 @@ func (be *Backend) AllocOperand(n, minSide int) backend.Tensor {
 	t := be.Alloc((n + 1) / 2).(*Tensor)
 	t.n, t.half = n, true
 	return t
+}
+
+// RoundsWeights reports whether bf16 mode runs GEMMs whose sides are all
+// at least minSide on bf16 copies of float32 operands
+// (backend.WeightRounder). MAMBABYTE_CUDA_WEIGHT_COPIES=0 says no, so that
+// every product makes its own copy (for comparisons).
+func (be *Backend) RoundsWeights(minSide int) bool {
+	lo := be.l.gemmOperandMin()
+	return be.mode != 0 && lo != 0 && int64(minSide) >= lo && os.Getenv("MAMBABYTE_CUDA_WEIGHT_COPIES") != "0"
+}
+
+// RoundWeight returns src rounded to bf16 (to nearest, ties to even: the
+// values of the copies Gemm makes) as a bf16 GEMM operand tensor, in dst
+// when it is one of src's length.
+func (be *Backend) RoundWeight(dst, src backend.Tensor) backend.Tensor {
+	n := src.Len()
+	d := cudaTensor(dst)
+	if d == nil || !d.half || d.n != n {
+		d = be.Alloc((n + 1) / 2).(*Tensor)
+		d.n, d.half = n, true
+	}
+	be.l.check("round weight", be.l.toBF16(d.Ptr(), ptr(src), i64(n)))
+	keep(src)
+	return d
 }
 
 func (be *Backend) Upload(dst backend.Tensor, src []float32) {

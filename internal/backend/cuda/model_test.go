@@ -429,3 +429,68 @@ func TestModelRepeatability(t *testing.T) {
 		t.Logf("two identical steps differ in %d of %d gradient tensors: %v", len(differ), len(gm.Specs()), differ)
 	}
 }
+
+// TestModelWeightCopies runs training steps with the model's bf16 copies
+// of in_proj and out_proj (backend.WeightRounder) and with products that
+// round the weights themselves (MAMBABYTE_CUDA_WEIGHT_COPIES=0): a step on
+// the first weights, and one after SetParams moves every weight by up to
+// 0.01, on the same batches. The copies hold the values the products'
+// own would, so the losses and gradients must agree to float32 rounding
+// (gradients summed with atomics may differ in their last bits:
+// TestModelRepeatability); a copy left stale after the change would be
+// off by far more.
+func TestModelWeightCopies(t *testing.T) {
+	_, g16 := gpus(t)
+	cfg := model.DefaultConfig()
+	cfg.DModel, cfg.NLayer = 512, 2
+	B, T := 2, 300
+	if !g16.RoundsWeights(min(B*T, cfg.DModel, cfg.DInner())) {
+		t.Skip("the bf16 backend's products do not round their operands here")
+	}
+	type result struct {
+		sum   float64
+		grads map[string][]float32
+	}
+	run := func() []result {
+		_, m := twins(t, cfg, g16, 11, 0)
+		p := m.NewPass(B, T, true)
+		rr := rand.New(rand.NewPCG(6, 6))
+		var out []result
+		for step := 0; step < 2; step++ {
+			if step > 0 {
+				moved := m.ParamsHost()
+				for _, v := range moved {
+					for i := range v {
+						v[i] += 0.01 * float32(math.Sin(float64(i)))
+					}
+				}
+				if err := m.SetParams(moved); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id := ids(rr, B*T, cfg.VocabSize)
+			m.ZeroGrads()
+			sum, _, err := p.Forward(id, nextTargets(id, B, T), nil, nil, 1/float32(B*(T-1)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Backward(); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, result{sum, m.GradsHost()})
+		}
+		return out
+	}
+	got := run()
+	t.Setenv("MAMBABYTE_CUDA_WEIGHT_COPIES", "0")
+	if g16.RoundsWeights(min(B*T, cfg.DModel, cfg.DInner())) {
+		t.Fatal("MAMBABYTE_CUDA_WEIGHT_COPIES=0 did not turn the copies off")
+	}
+	want := run()
+	for i := range want {
+		checkScalar(t, fmt.Sprintf("loss at step %d", i+1), "model weight copies", got[i].sum, want[i].sum, 1e-6)
+		for name, w := range want[i].grads {
+			checkVec(t, fmt.Sprintf("gradient %s at step %d", name, i+1), "model weight copies", got[i].grads[name], w, 1e-5)
+		}
+	}
+}

@@ -1145,18 +1145,21 @@ extern "C" int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, 
 // r0+w, r0+w+W, ... of the block's chunk [r0, r0+rch), adds into dx as
 // k_norm_bwd_dx does, and sums its rows' dout·xhat (and dout when Q is 2)
 // per column in its own slice of shared memory; the block then adds the W
-// slices in warp order into part[chunk][q][c], which colsum_final adds. V > 0: the lane keeps its V values of the row's x and
-// dout in registers between the two passes (D <= 32·V); V = 0 reads them
-// again. The block keeps w in shared memory after the warps' slices, and
-// the second pass reads dx kNormBatch values a lane at a time before it
-// writes them: with w read from global memory inside that loop, the
-// compiler could not move a load of w or dx above a store to dx (they
-// might alias), and each value of a row cost a round trip.
+// slices in warp order into part[chunk][q][c], which colsum_final adds.
+// With dx16 it also writes dx's new values rounded to bf16 there
+// (pack_bf16's values: a GEMM's copy of dx as its A). V > 0: the lane
+// keeps its V values of the row's x and dout in registers between the two
+// passes (D <= 32·V); V = 0 reads them again. The block keeps w in shared
+// memory after the warps' slices, and the second pass reads dx kNormBatch
+// values a lane at a time before it writes them: with w read from global
+// memory inside that loop, the compiler could not move a load of w or dx
+// above a store to dx (they might alias), and each value of a row cost a
+// round trip.
 template <int V>
 __global__ void __launch_bounds__(256, 2)
-    k_norm_bwd_rows(float *dx, float *part, const float *dout, const float *x, const float *w,
-                    const float *mean, const float *rstd, int64_t rows, int64_t D, int64_t rch,
-                    int rms, int Q) {
+    k_norm_bwd_rows(float *dx, __nv_bfloat16 *dx16, float *part, const float *dout,
+                    const float *x, const float *w, const float *mean, const float *rstd,
+                    int64_t rows, int64_t D, int64_t rch, int rms, int Q) {
     extern __shared__ float sacc[];
     const int W = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t QD = (int64_t)Q * D;
@@ -1219,7 +1222,9 @@ __global__ void __launch_bounds__(256, 2)
                         xh = (xb[q] - m) * rs;
                         g = gb[q];
                     }
-                    dr[i] = dv[q] + rs * (g * sw[i] - mg - xh * mgx);
+                    const float d = dv[q] + rs * (g * sw[i] - mg - xh * mgx);
+                    dr[i] = d;
+                    if (dx16) dx16[r * D + i] = __float2bfloat16_rn(d);
                     acc[i] += g * xh;
                     if (Q == 2) acc[D + i] += g;
                 }
@@ -1237,9 +1242,9 @@ __global__ void __launch_bounds__(256, 2)
 // norm_bwd_rows runs k_norm_bwd_rows and the chunk sums; it reports -1
 // (nothing launched) where the per-warp sums do not fit in shared memory.
 template <int V>
-static int norm_bwd_rows(float *dx, const NormCols &f, const float *dout, const float *x,
-                         const float *w, const float *mean, const float *rstd, int64_t rows,
-                         int64_t D, int rms, int Q) {
+static int norm_bwd_rows(float *dx, __nv_bfloat16 *dx16, const NormCols &f, const float *dout,
+                         const float *x, const float *w, const float *mean, const float *rstd,
+                         int64_t rows, int64_t D, int rms, int Q) {
     const size_t per_warp = (size_t)Q * D * sizeof(float), wbytes = (size_t)D * sizeof(float);
     int W = 8;
     while (W > 1 && per_warp * W + wbytes > (160u << 10)) W /= 2;
@@ -1252,8 +1257,8 @@ static int norm_bwd_rows(float *dx, const NormCols &f, const float *dout, const 
     if (workspace((size_t)chunks * Q * D * sizeof(float), &ws)) return 1;
     size_t smem = per_warp * W + wbytes;
     if (allow_smem(k_norm_bwd_rows<V>, smem)) return 1;
-    k_norm_bwd_rows<V><<<(unsigned)chunks, 32 * W, smem, g_stream>>>(dx, (float *)ws, dout, x, w, mean, rstd,
-                                                                     rows, D, rch, rms, Q);
+    k_norm_bwd_rows<V><<<(unsigned)chunks, 32 * W, smem, g_stream>>>(dx, dx16, (float *)ws, dout, x, w, mean,
+                                                                     rstd, rows, D, rch, rms, Q);
     LAUNCHED();
     colsum_final(f, (const float *)ws, chunks, Q, D);
     LAUNCHED();
@@ -1262,15 +1267,26 @@ static int norm_bwd_rows(float *dx, const NormCols &f, const float *dout, const 
 
 extern "C" int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
                            const float *w, const float *mean, const float *rstd, int64_t rows,
-                           int64_t D, int rms) {
+                           int64_t D, int rms, int copy16) {
     ENTER();
     if (rows <= 0 || D <= 0) return 0;
     NormCols f{dw, db, dout, x, mean, rstd, D};
     int Q = (rms || db == nullptr) ? 1 : 2;
-    int rc = D <= 256    ? norm_bwd_rows<8>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
-             : D <= 512  ? norm_bwd_rows<16>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
-             : D <= 1024 ? norm_bwd_rows<32>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q)
-                         : norm_bwd_rows<0>(dx, f, dout, x, w, mean, rstd, rows, D, rms, Q);
+    // With copy16 the kernel leaves dx's bf16 copy where mb_gemm keeps the
+    // copy of its A, for the next product that reads dx (out_proj's).
+    __nv_bfloat16 *dx16 = nullptr;
+    if (copy16 && !g_capturing) {
+        if (grow((void **)&g_packA, &g_packA_bytes, (size_t)(rows * D) * sizeof(__nv_bfloat16))) return 1;
+        dx16 = g_packA;
+    }
+    int rc = D <= 256    ? norm_bwd_rows<8>(dx, dx16, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+             : D <= 512  ? norm_bwd_rows<16>(dx, dx16, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+             : D <= 1024 ? norm_bwd_rows<32>(dx, dx16, f, dout, x, w, mean, rstd, rows, D, rms, Q)
+                         : norm_bwd_rows<0>(dx, dx16, f, dout, x, w, mean, rstd, rows, D, rms, Q);
+    if (rc == 0 && dx16) {
+        g_packA_src = dx, g_packA_rows = rows, g_packA_cols = D, g_packA_ld = D;
+        g_packA_ok = true;
+    }
     if (rc >= 0) return rc;
     unsigned blocks = (unsigned)((rows + 7) / 8);
     k_norm_bwd_dx<<<blocks, 256, 0, g_stream>>>(dx, dout, x, w, mean, rstd, rows, D, rms);

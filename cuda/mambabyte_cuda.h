@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 13
+#define MB_ABI_VERSION 14
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -111,10 +111,13 @@ int mb_embed_bwd(float *dw, const float *dout, const int32_t *ids_host, int64_t 
  * else float32. */
 int mb_norm_fwd(void *out, float *mean, float *rstd, const float *x, const float *w,
                 const float *b, int64_t rows, int64_t D, float eps, int rms, int out16);
-/* dx += ..., dw += ..., db += ... (db unused for RMSNorm). */
+/* dx += ..., dw += ..., db += ... (db unused for RMSNorm). copy16: also
+ * round the new dx to bf16 as mb_gemm's copy of its A operand, so that the
+ * next mb_gemm with A = dx (rows, D; row stride D) in bf16 mode takes it
+ * instead of making one (as a second product of the same A does). */
 int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
                 const float *w, const float *mean, const float *rstd, int64_t rows,
-                int64_t D, int rms);
+                int64_t D, int rms, int copy16);
 
 /* Causal depthwise conv + SiLU; xi (B,T,E) row stride ldx; prev (B,K-1,E),
  * pre and bias may be NULL. */

@@ -315,8 +315,14 @@ func (be *Backend) AllocOperand(n, minSide int) backend.Tensor {
 // (backend.WeightRounder). MAMBABYTE_CUDA_WEIGHT_COPIES=0 says no, so that
 // every product makes its own copy (for comparisons).
 func (be *Backend) RoundsWeights(minSide int) bool {
+	return be.roundsOperands(minSide) && os.Getenv("MAMBABYTE_CUDA_WEIGHT_COPIES") != "0"
+}
+
+// roundsOperands says whether GEMMs whose sides are all at least minSide
+// run on bf16 copies of float32 operands.
+func (be *Backend) roundsOperands(minSide int) bool {
 	lo := be.l.gemmOperandMin()
-	return be.mode != 0 && lo != 0 && int64(minSide) >= lo && os.Getenv("MAMBABYTE_CUDA_WEIGHT_COPIES") != "0"
+	return be.mode != 0 && lo != 0 && int64(minSide) >= lo
 }
 
 // RoundWeight returns src rounded to bf16 (to nearest, ties to even: the
@@ -451,8 +457,13 @@ func (be *Backend) Norm(out, mean, rstd, x, w, b backend.Tensor, rows, D int, ep
 	keep(out, mean, rstd, x, w, b)
 }
 
+// NormBackward also leaves dx's bf16 copy for the next product that reads
+// dx as its A (out_proj's backward, in a training pass) where bf16 mode's
+// products of its sides round their operands;
+// MAMBABYTE_CUDA_NORM_COPY=0 leaves that to the product (for comparisons).
 func (be *Backend) NormBackward(dx, dw, db, dout, x, w, mean, rstd backend.Tensor, rows, D int, rms bool) {
-	be.l.check("norm backward", be.l.normBwd(ptr(dx), ptr(dw), ptr(db), ptr(dout), ptr(x), ptr(w), ptr(mean), ptr(rstd), i64(rows), i64(D), b32(rms)))
+	copy16 := b32(be.roundsOperands(min(rows, D)) && os.Getenv("MAMBABYTE_CUDA_NORM_COPY") != "0")
+	be.l.check("norm backward", be.l.normBwd(ptr(dx), ptr(dw), ptr(db), ptr(dout), ptr(x), ptr(w), ptr(mean), ptr(rstd), i64(rows), i64(D), b32(rms), copy16))
 	keep(dx, dw, db, dout, x, w, mean, rstd)
 }
 

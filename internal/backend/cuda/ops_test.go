@@ -3,6 +3,7 @@ package cuda_test
 import (
 	"fmt"
 	"math"
+	"os"
 	"testing"
 
 	"github.com/mambabyte/mambabyte/internal/backend"
@@ -87,6 +88,60 @@ func TestGemmReusesACopy(t *testing.T) {
 	e.check("gemm bf16 A copy reused", "gemm bf16", c2, tolBF16)
 	e.check("gemm bf16 A copy reused, transposed", "gemm bf16", c3, tolBF16)
 	e.check("gemm bf16 A changed in between", "gemm bf16", c4, tolBF16)
+}
+
+// In bf16 mode NormBackward leaves its dx's bf16 copy as the A copy of the
+// next GEMM (out_proj's backward reads dh so). The two products that
+// follow, dW (A transposed) and dX, must give exactly what they give when
+// the first of them makes the copy (MAMBABYTE_CUDA_NORM_COPY=0), for both
+// of the norm backward's kernels (D up to 1024 in registers, and more).
+func TestNormBackwardCopy(t *testing.T) {
+	_, g16 := gpus(t)
+	const rows, N = 600, 520
+	for _, D := range []int{1024, 1500} {
+		e := newEnv(t, g16, 14)
+		x, dout, dx0 := e.values(rows*D, 0.5, 2), e.values(rows*D, 0, 1), e.values(rows*D, 0, 1)
+		w, b := e.values(D, 1, 0.5), e.values(D, 0, 1)
+		g, wo := e.values(rows*N, 0, 1), e.values(D*N, 0, 1)
+		run := func() (dx, c1, c2 []float32) {
+			be := g16
+			up := func(v []float32) backend.Tensor {
+				t := be.Alloc(len(v))
+				be.Upload(t, v)
+				return t
+			}
+			xt, dxt, wt, bt, doutt, gt, wot := up(x), up(dx0), up(w), up(b), up(dout), up(g), up(wo)
+			mean, rstd, out := be.Alloc(rows), be.Alloc(rows), be.Alloc(rows*D)
+			be.Norm(out, mean, rstd, xt, wt, bt, rows, D, 1e-5, false)
+			dw, db := be.Alloc(D), be.Alloc(D)
+			ct1, ct2 := be.Alloc(D*N), be.Alloc(rows*N)
+			// (Nothing may run between the norm and the products but
+			// products: any other call drops the copy.)
+			be.NormBackward(dxt, dw, db, doutt, xt, wt, mean, rstd, rows, D, false)
+			be.Gemm(true, false, D, N, rows, 1, dxt, D, gt, N, 0, ct1, N)
+			be.Gemm(false, false, rows, N, D, 1, dxt, D, wot, N, 0, ct2, N)
+			dx, c1, c2 = make([]float32, rows*D), make([]float32, D*N), make([]float32, rows*N)
+			be.Download(dx, dxt)
+			be.Download(c1, ct1)
+			be.Download(c2, ct2)
+			return
+		}
+		dx, c1, c2 := run()
+		t.Setenv("MAMBABYTE_CUDA_NORM_COPY", "0")
+		wdx, wc1, wc2 := run()
+		os.Unsetenv("MAMBABYTE_CUDA_NORM_COPY")
+		for _, c := range []struct {
+			name      string
+			got, want []float32
+		}{{"dx", dx, wdx}, {"dW", c1, wc1}, {"dX", c2, wc2}} {
+			for i := range c.want {
+				if c.got[i] != c.want[i] {
+					t.Errorf("D %d: %s[%d] is %g with the norm's copy, %g without", D, c.name, i, c.got[i], c.want[i])
+					break
+				}
+			}
+		}
+	}
 }
 
 func TestEmbed(t *testing.T) {

@@ -392,8 +392,9 @@ func TestModelAdamW(t *testing.T) {
 }
 
 // TestModelRepeatability reports (without failing) whether two identical
-// training steps give bit-identical gradients: the embedding gradient and
-// the scan's dBt/dCt are summed with atomics, in an order that may vary.
+// training steps give bit-identical gradients: the embedding gradient, and
+// dBt/dCt in the general scan kernels (not the four-state ones, which this
+// model's N takes), are summed with atomics, in an order that may vary.
 func TestModelRepeatability(t *testing.T) {
 	g, _ := gpus(t)
 	cfg := modelConfigs()["d96"]

@@ -302,9 +302,14 @@ var _ backend.WeightRounder = (*Backend)(nil)
 // (converting) take; any other operation refuses it. Otherwise it is
 // Alloc.
 func (be *Backend) AllocOperand(n, minSide int) backend.Tensor {
-	if lo := be.l.gemmOperandMin(); be.mode == 0 || lo == 0 || int64(minSide) < lo {
+	if !be.roundsOperands(minSide) {
 		return be.Alloc(n)
 	}
+	return be.allocHalf(n)
+}
+
+// allocHalf returns a zeroed bf16 GEMM operand tensor of n values.
+func (be *Backend) allocHalf(n int) *Tensor {
 	t := be.Alloc((n + 1) / 2).(*Tensor)
 	t.n, t.half = n, true
 	return t
@@ -332,8 +337,7 @@ func (be *Backend) RoundWeight(dst, src backend.Tensor) backend.Tensor {
 	n := src.Len()
 	d := cudaTensor(dst)
 	if d == nil || !d.half || d.n != n {
-		d = be.Alloc((n + 1) / 2).(*Tensor)
-		d.n, d.half = n, true
+		d = be.allocHalf(n)
 	}
 	be.l.check("round weight", be.l.toBF16(d.Ptr(), ptr(src), i64(n)))
 	keep(src)

@@ -212,10 +212,9 @@ __device__ __forceinline__ float sigmoid_(float x) {
     return x >= 0.f ? r : e * r;
 }
 __device__ __forceinline__ float silu_(float x) { return x * sigmoid_(x); }
-__device__ __forceinline__ float silu_grad_(float x) {
-    float s = sigmoid_(x);
-    return s * (1.f + x * (1.f - s));
-}
+// silu_grad_s is silu'(x) from s = sigmoid(x).
+__device__ __forceinline__ float silu_grad_s(float x, float s) { return s * (1.f + x * (1.f - s)); }
+__device__ __forceinline__ float silu_grad_(float x) { return silu_grad_s(x, sigmoid_(x)); }
 // ex2_ is 2^x, approximately: the instruction __expf uses after scaling
 // its argument, which the scan's lanes do once for A instead of every step.
 // Subnormal arguments and results are taken as zero (no fix-up
@@ -1438,8 +1437,7 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
 // issuing them.
 __device__ __forceinline__ float silu_grad_fast_(float x) {
     const float e = ex2_(-fabsf(x) * 1.4426950408889634f), r = __fdividef(1.f, 1.f + e);
-    const float s = x >= 0.f ? r : e * r;
-    return s * (1.f + x * (1.f - s));
+    return silu_grad_s(x, x >= 0.f ? r : e * r);
 }
 
 // Writes dxi for the thread's chunks and their sums Σ dpre·input (dw) and
@@ -2151,7 +2149,7 @@ struct GateBwd {
 // operations in the same order: *dy = g·silu(z), and dz = g·y·silu'(z).
 __device__ __forceinline__ float gate_bwd_one(float g, float z, float y, float *dz) {
     const float s = sigmoid_(z);
-    *dz = g * y * (s * (1.f + z * (1.f - s)));
+    *dz = g * y * silu_grad_s(z, s);
     return g * (z * s);
 }
 

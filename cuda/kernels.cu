@@ -1319,14 +1319,17 @@ __device__ __forceinline__ float conv_pre(const float *pre, const float *xi, int
     return acc;
 }
 
-__global__ void k_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
-                           const float *w, const float *bias, int64_t B, int64_t T, int64_t E,
-                           int64_t K) {
+// u16, when not NULL, receives u rounded to bf16 (a GEMM operand).
+__global__ void k_conv_fwd(float *u, __nv_bfloat16 *u16, float *pre, const float *xi, int64_t ldx,
+                           const float *prev, const float *w, const float *bias, int64_t B,
+                           int64_t T, int64_t E, int64_t K) {
     GRID_LOOP(i, B * T * E) {
         int64_t e = i % E, bt = i / E, t = bt % T, b = bt / T;
         float acc = conv_pre(nullptr, xi, ldx, prev, w, bias, b, T, E, K, t, e);
         if (pre) pre[i] = acc;
-        u[i] = silu_(acc);
+        const float v = silu_(acc);
+        u[i] = v;
+        if (u16) put(u16 + i, v);
     }
 }
 
@@ -1381,9 +1384,9 @@ __device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld,
 }
 
 template <int K>
-__global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ldx,
-                               const float *prev, const float *w, const float *bias, int64_t B,
-                               int64_t T, int64_t E, int64_t nc) {
+__global__ void k_conv_fwd_win(float *u, __nv_bfloat16 *u16, float *pre, const float *xi,
+                               int64_t ldx, const float *prev, const float *w, const float *bias,
+                               int64_t B, int64_t T, int64_t E, int64_t nc) {
     int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     float wk[K];
@@ -1401,6 +1404,7 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
         }
         const float *xp = xi + (b * T + t0) * ldx + e;
         float *up = u + (b * T + t0) * E + e;
+        __nv_bfloat16 *hp = u16 ? u16 + (b * T + t0) * E + e : nullptr;
         float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
         float xv[kConvBatch];
         conv_batch(xv, xp, ldx, min((int64_t)kConvBatch, t1 - t0));
@@ -1419,12 +1423,15 @@ __global__ void k_conv_fwd_win(float *u, float *pre, const float *xi, int64_t ld
 #pragma unroll
                 for (int k = 0; k < K; k++) acc += wk[k] * xw[k];
                 if (pp) pp[j * E] = acc;
-                up[j * E] = silu_(acc);
+                const float v = silu_(acc);
+                up[j * E] = v;
+                if (hp) put(hp + j * E, v);
             }
 #pragma unroll
             for (int j = 0; j < kConvBatch; j++) xv[j] = nx[j];
             xp += kConvBatch * ldx;
             up += kConvBatch * E;
+            if (hp) hp += kConvBatch * E;
             if (pp) pp += kConvBatch * E;
         }
     }
@@ -1611,18 +1618,19 @@ __global__ void k_conv_state(float *next, const float *prev, const float *xi, in
     }
 }
 
-extern "C" int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
-                           const float *w, const float *bias, int64_t B, int64_t T, int64_t E,
-                           int64_t K) {
+extern "C" int mb_conv_fwd(float *u, void *u16v, float *pre, const float *xi, int64_t ldx,
+                           const float *prev, const float *w, const float *bias, int64_t B,
+                           int64_t T, int64_t E, int64_t K) {
     ENTER();
     if (B * T * E <= 0) return 0;
+    __nv_bfloat16 *u16 = (__nv_bfloat16 *)u16v;
     if (K >= 1 && K <= kConvWinMax) {
         int64_t nc;
         dim3 grid = conv_geometry(B, T, E, &nc);
-        CONV_WIN_LAUNCH(K, k_conv_fwd_win, grid, u, pre, xi, ldx, prev, w, bias, B, T, E, nc);
+        CONV_WIN_LAUNCH(K, k_conv_fwd_win, grid, u, u16, pre, xi, ldx, prev, w, bias, B, T, E, nc);
         return 0;
     }
-    k_conv_fwd<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(u, pre, xi, ldx, prev, w, bias, B, T, E, K);
+    k_conv_fwd<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(u, u16, pre, xi, ldx, prev, w, bias, B, T, E, K);
     LAUNCHED();
     return 0;
 }
@@ -2886,11 +2894,11 @@ __global__ void __launch_bounds__(kScanQuadThreads)
 }
 
 // Backward, second pass, for N = 4·P: what k_scan_bwd_chunk computes, in
-// the four-state layout above.
+// the four-state layout above; ddelta_out is bf16 when dd16.
 template <int P>
 __global__ void __launch_bounds__(kScanQuadThreads, 4)
-    k_scan_bwd_quad(ScanArgs a, int nc, float *du_out, float *ddelta_out, float *part, float *h,
-                    const float *dy, const float *ckpt, float *cols, GateBwd gb) {
+    k_scan_bwd_quad(ScanArgs a, int nc, float *du_out, void *ddelta_out, int dd16, float *part,
+                    float *h, const float *dy, const float *ckpt, float *cols, GateBwd gb) {
     extern __shared__ float4 sh4[];
     constexpr int N = 4 * P, Ls = kScanQuadSub;
     constexpr int kept = P == 8 ? 2 : 1;               // finished sums per lane
@@ -2921,7 +2929,8 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
     // a row of the block's channels at a time: thread tid keeps channel
     // tid % cpb (cpb divides the block), ech in the layer.
     const int E = a.E, ch = tid % cpb, ech = blockIdx.x * cpb + ch;
-    float *pdu = du_out + (L.b * a.T + L.t0) * E + ech, *pdd = ddelta_out + (L.b * a.T + L.t0) * E + ech;
+    const int64_t at0 = (L.b * a.T + L.t0) * E + ech;  // (row t0, channel ech)
+    float *pdu = du_out + at0;
     const int64_t at = quad_at(L, a, nc);
     float A[4], A2[4], g[4], dA[4] = {0.f, 0.f, 0.f, 0.f}, s[4];
     quad_decay(A, A2, L, a);
@@ -3019,7 +3028,7 @@ __global__ void __launch_bounds__(kScanQuadThreads, 4)
                 pdu[(int64_t)jt * E] = sg[jt * cpb + ch];
                 const float dd = su[jt * cpb + ch];
                 const float dr = a.dtraw ? dd * dt_grad(sd[jt * cpb + ch]) : dd;
-                pdd[(int64_t)jt * E] = dr;
+                put_at(ddelta_out, dd16, at0 + (int64_t)jt * E, dr);
                 sdr += dr;
             }
         }
@@ -3267,7 +3276,12 @@ extern "C" int mb_scan_fwd(float *y, const float *u, const float *delta, const f
     return go.z ? gate_fwd_to(go.out, go.out16, y, go.z, go.ldz, B * T, E) : 0;
 }
 
-extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,
+// g_ddelta32 holds the general backward's float32 ddelta where the caller
+// asked for bf16 (mb_scan_dims.ddelta16), before the copy.
+static float *g_ddelta32 = nullptr;
+static size_t g_ddelta32_bytes = 0;
+
+extern "C" int mb_scan_bwd(float *du, void *ddeltav, float *dBt, float *dCt, float *dAlog,
                            float *dDskip, const float *dy, const float *u, const float *delta,
                            const float *Bt, const float *Ct, const float *A, const float *Dskip,
                            const float *ckpt, const mb_scan_dims *dims) {
@@ -3275,6 +3289,7 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     int64_t B = dims->B, T = dims->T, E = dims->E, N = dims->N, ldbc = dims->ldbc;
     if (B <= 0 || T <= 0 || E <= 0) return 0;
     if (scan_check("mb_scan_bwd", dims)) return 1;
+    float *ddelta = (float *)ddeltav;  // when float32
     if (dims->gate_z && (!dims->gate_y || !dims->gate_dz)) {
         set_err("mb_scan_bwd: the gate needs gate_y and gate_dz with gate_z");
         return 1;
@@ -3329,10 +3344,18 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
                                  (size_t)(kScanChunk / kScanQuadSub) * kScanQuadThreads * 4 +
                                      (size_t)2 * (kScanQuadThreads / 32) * kScanQuadSub * 2 * N);
         a.P = qP;
-        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt, cols, gb);
+        QUAD_LAUNCH(qP, k_scan_bwd_quad, grid, shmem, a, nc, du, ddeltav, (int)(dims->ddelta16 != 0),
+                    part, h, dy, ckpt, cols, gb);
     } else {
-        // k_scan_bwd_chunk also holds the recomputed states and the block's
-        // dBt, dCt sums.
+        // k_scan_bwd_chunk writes float32 (to a buffer of its own, copied
+        // at the end, where bf16 is asked for) and also holds the
+        // recomputed states and the block's dBt, dCt sums.
+        if (dims->ddelta16) {
+            if (grow_uncaptured("mb_scan_bwd: the ddelta buffer", (void **)&g_ddelta32, &g_ddelta32_bytes,
+                                (size_t)(B * T * E) * sizeof(float)))
+                return 1;
+            ddelta = g_ddelta32;
+        }
         size_t shmem = scan_smem(P, N, 3, 2, (size_t)scan_sub_steps(J) * J * kScanThreads + 2 * kScanChunk * (size_t)N);
         SCAN_LAUNCH(J, k_scan_bwd_chunk, grid, shmem, a, nc, du, ddelta, part, h, dy, ckpt);
     }
@@ -3353,7 +3376,11 @@ extern "C" int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, flo
     if (colsum(f, B * T, E, 1)) return 1;
     if (dims->dt_raw && dims->dbias) {
         DtCols fb{dims->dbias, ddelta, E};
-        return colsum(fb, B * T, E, 1);
+        if (colsum(fb, B * T, E, 1)) return 1;
+    }
+    if (dims->ddelta16) {
+        pack_bf16((__nv_bfloat16 *)ddeltav, ddelta, B * T, E, E);
+        LAUNCHED();
     }
     return 0;
 }

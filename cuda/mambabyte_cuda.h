@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 14
+#define MB_ABI_VERSION 15
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -120,9 +120,11 @@ int mb_norm_bwd(float *dx, float *dw, float *db, const float *dout, const float 
                 int64_t D, int rms, int copy16);
 
 /* Causal depthwise conv + SiLU; xi (B,T,E) row stride ldx; prev (B,K-1,E),
- * pre and bias may be NULL. */
-int mb_conv_fwd(float *u, float *pre, const float *xi, int64_t ldx, const float *prev,
-                const float *w, const float *bias, int64_t B, int64_t T, int64_t E, int64_t K);
+ * pre and bias may be NULL. u16 (may be NULL) receives u rounded to bf16,
+ * a GEMM operand (B,T,E). */
+int mb_conv_fwd(float *u, void *u16, float *pre, const float *xi, int64_t ldx,
+                const float *prev, const float *w, const float *bias, int64_t B, int64_t T,
+                int64_t E, int64_t K);
 /* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += .
  * pre NULL: the pre-activation is recomputed from xi, prev, w and bias (the
  * forward's bias, may be NULL), which is then read; otherwise bias is not.
@@ -155,7 +157,9 @@ int mb_negexp(float *a, const float *alog, int64_t n);
  * gated output, and it writes gate_dz (row stride ldz; bf16 when
  * gate_dz16) = dy·gate_y·silu'(z), taking dy·silu(z) as the scan's own
  * output gradient, which it does not store (gate_y is the forward's y).
- * The forward ignores gate_y and gate_dz, the backward gate_out. */
+ * The forward ignores gate_y and gate_dz, the backward gate_out. With
+ * ddelta16 the backward writes ddelta in bf16 (a GEMM operand); the forward
+ * ignores it. */
 typedef struct {
     int64_t B, T, E, N, ldbc;
     int64_t dt_raw;
@@ -168,6 +172,7 @@ typedef struct {
     const float *gate_y;
     void *gate_dz;
     int64_t gate_dz16;
+    int64_t ddelta16;
 } mb_scan_dims;
 
 /* Selective scan forward (see cpu.ScanForward): y (B,T,E); s0, sT (B,E,N)
@@ -175,9 +180,10 @@ typedef struct {
 int mb_scan_fwd(float *y, const float *u, const float *delta, const float *Bt,
                 const float *Ct, const float *A, const float *Dskip, const float *s0,
                 float *sT, float *ckpt, const mb_scan_dims *dims);
-/* Selective scan backward (see cpu.ScanBackward): writes du, ddelta (B,T,E)
- * and dBt, dCt (B,T,N, row stride ldbc); dAlog (E,N) and dDskip (E) += . */
-int mb_scan_bwd(float *du, float *ddelta, float *dBt, float *dCt, float *dAlog,
+/* Selective scan backward (see cpu.ScanBackward): writes du, ddelta (B,T,E;
+ * bf16 with dims->ddelta16) and dBt, dCt (B,T,N, row stride ldbc); dAlog
+ * (E,N) and dDskip (E) += . */
+int mb_scan_bwd(float *du, void *ddelta, float *dBt, float *dCt, float *dAlog,
                 float *dDskip, const float *dy, const float *u, const float *delta,
                 const float *Bt, const float *Ct, const float *A, const float *Dskip,
                 const float *ckpt, const mb_scan_dims *dims);

@@ -85,7 +85,8 @@ type DtScanner interface {
 // it). g may be an operand tensor, as Gate's out may. ScanDtGateBackward
 // computes what GateBackward(dy, dz, dg, y, z, ldz, B·T, E) followed by
 // ScanDtBackward(..., dy, ...) computes, where dg is the gradient of g,
-// without a dy tensor; dz may be an operand tensor, as GateBackward's may.
+// without a dy tensor; dz may be an operand tensor, as GateBackward's may,
+// and draw a ThinRounder's thin operand tensor.
 type GatedScanner interface {
 	ScanDtGate(g, z Tensor, ldz int, y, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, s0, sT, ckpt Tensor, B, T, E, N int)
 	ScanDtGateBackward(dz, dg, y, z Tensor, ldz int, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct Tensor, ldbc int, a, dskip, ckpt Tensor, B, T, E, N int)
@@ -128,6 +129,25 @@ type OperandAllocator interface {
 type WeightRounder interface {
 	RoundsWeights(minSide int) bool
 	RoundWeight(dst, src Tensor) Tensor
+}
+
+// ThinRounder is implemented by WeightRounders whose bf16 mode can also
+// run the thin products on bf16 operands: x_proj's and dt_proj's, one of
+// whose sides is R or R+2N. Their large operands (the conv's output u and
+// the gradient of dt_proj's output) are then bf16 tensors that the
+// operations producing them write, and their weights the rounded copies.
+//
+// RoundsThin says whether it does so for thin products whose other two
+// sides are at least minSide. AllocThin returns a zeroed bf16 GEMM operand
+// tensor of n values, as OperandAllocator's are: Gemm takes it as A or B,
+// ConvCopy writes it as u16, a GatedScanner's ScanDtGateBackward as draw,
+// and Zero, Upload and Download (converting) work on it. ConvCopy computes
+// what Conv computes and also writes u's values, rounded, to u16.
+type ThinRounder interface {
+	WeightRounder
+	RoundsThin(minSide int) bool
+	AllocThin(n int) Tensor
+	ConvCopy(u, u16, pre, xi Tensor, ldx int, prev, w, bias Tensor, B, T, E, K int)
 }
 
 // Capturer is implemented by backends that can record a sequence of

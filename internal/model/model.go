@@ -28,11 +28,13 @@ type Model struct {
 	negA        backend.Tensor
 	negAVersion uint64
 
-	// Each layer's in_proj and out_proj rounded for the backend's
-	// products (backend.WeightRounder), as of roundedVersion; nil until a
-	// training pass reads them.
+	// Each layer's matrices rounded for the backend's products
+	// (backend.WeightRounder), as of roundedVersion: in_proj and out_proj,
+	// and with roundedThin x_proj and dt_proj; nil until a training pass
+	// reads them.
 	rounded        []roundedLayer
 	roundedVersion uint64
+	roundedThin    bool
 
 	// The backend's copy of the weights for its fused step
 	// (backend.StepFuser), as of fusedVersion; fusedErr is why there is
@@ -63,21 +65,28 @@ func (m *Model) decay(l int) backend.Tensor {
 	return m.negA.Slice(l*EN, EN)
 }
 
-// roundedLayer holds a layer's in_proj and out_proj weights as a
-// backend.WeightRounder rounds them.
-type roundedLayer struct{ inProj, outProj backend.Tensor }
+// roundedLayer holds a layer's matrices as a backend.WeightRounder rounds
+// them (x_proj and dt_proj only where the thin products take them).
+type roundedLayer struct{ inProj, outProj, xProj, dtProj backend.Tensor }
 
-// roundedWeights returns layer l's rounded in_proj and out_proj, making
-// every layer's again after a parameter change (wr is m.BE).
-func (m *Model) roundedWeights(wr backend.WeightRounder, l int) roundedLayer {
-	if m.rounded == nil || m.roundedVersion != m.version {
+// roundedWeights returns layer l's rounded in_proj and out_proj, and with
+// thin its x_proj and dt_proj, making every layer's again after a
+// parameter change (wr is m.BE). Once asked for, x_proj and dt_proj are
+// made with the others.
+func (m *Model) roundedWeights(wr backend.WeightRounder, l int, thin bool) roundedLayer {
+	if m.rounded == nil || m.roundedVersion != m.version || thin && !m.roundedThin {
 		if m.rounded == nil {
 			m.rounded = make([]roundedLayer, m.Cfg.NLayer)
 		}
+		m.roundedThin = m.roundedThin || thin
 		for i, w := range m.p.layers {
 			r := &m.rounded[i]
 			r.inProj = wr.RoundWeight(r.inProj, w.inProj)
 			r.outProj = wr.RoundWeight(r.outProj, w.outProj)
+			if m.roundedThin {
+				r.xProj = wr.RoundWeight(r.xProj, w.xProj)
+				r.dtProj = wr.RoundWeight(r.dtProj, w.dtProj)
+			}
 		}
 		m.roundedVersion = m.version
 	}

@@ -31,6 +31,11 @@ type Pass struct {
 	// wr, when the backend is one and rounds this pass's products'
 	// operands, rounds the weights they read (Model.roundedWeights).
 	wr backend.WeightRounder
+	// thin, when the backend is one, is a GatedScanner, and runs this
+	// training pass's thin products (x_proj's and dt_proj's) on bf16
+	// operands: the conv then also writes u's copy u16, the scan's backward
+	// writes ddelta so, and the products read x_proj and dt_proj rounded.
+	thin backend.ThinRounder
 
 	ids     []int32
 	targets []int32
@@ -61,6 +66,7 @@ type layerActs struct {
 	mean, rstd backend.Tensor // (BT)
 	xz         backend.Tensor // in_proj output (BT,2E): xi then z
 	pre, u     backend.Tensor // conv pre-activation (nil with a ConvRecomputer) and silu output (BT,E)
+	u16        backend.Tensor // u as x_proj's products read it: a thin operand copy, or u
 	xdbl       backend.Tensor // x_proj output (BT,R+2N): r, Bt, Ct
 	raw, delta backend.Tensor // dt pre-activation (biased by Dt; with a DtScanner unbiased, and delta nil) and softplus (BT,E)
 	ckpt       backend.Tensor // scan states at chunk starts (B,chunks,E,N)
@@ -93,6 +99,9 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	if wr, ok := m.BE.(backend.WeightRounder); ok && train && wr.RoundsWeights(min(BT, D, E)) {
 		p.wr = wr
 	}
+	if tr, ok := m.BE.(backend.ThinRounder); ok && train && p.gs != nil && tr.RoundsThin(min(BT, E)) {
+		p.thin = tr
+	}
 	nl := 1
 	if train && !recompute {
 		nl = c.NLayer
@@ -123,6 +132,10 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		a.mean, a.rstd = be.Alloc(BT), be.Alloc(BT)
 		a.xz = be.Alloc(BT * 2 * E)
 		a.u = be.Alloc(BT * E)
+		a.u16 = a.u
+		if p.thin != nil {
+			a.u16 = p.thin.AllocThin(BT * E)
+		}
 		a.xdbl = be.Alloc(BT * (R + 2*N))
 		a.raw = be.Alloc(BT * E)
 		if p.dts == nil {
@@ -150,7 +163,12 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 			p.dy = be.Alloc(BT * E) // (a GatedScanner needs none)
 		}
 		p.dxz = operand(BT * 2 * E)
-		p.du, p.ddelta = be.Alloc(BT*E), be.Alloc(BT*E)
+		p.du = be.Alloc(BT * E)
+		if p.thin != nil {
+			p.ddelta = p.thin.AllocThin(BT * E) // the scan's backward writes it
+		} else {
+			p.ddelta = be.Alloc(BT * E)
+		}
 		p.dxdbl = be.Alloc(BT * (R + 2*N))
 	}
 	return p
@@ -259,11 +277,23 @@ func (p *Pass) Forward(ids, targets []int32, st *State, nll []float32, gradScale
 // rounds its operands (backend.WeightRounder), else the weights.
 func (p *Pass) projections(l int) (in, out backend.Tensor) {
 	if p.wr != nil {
-		r := p.m.roundedWeights(p.wr, l)
+		r := p.m.roundedWeights(p.wr, l, p.thin != nil)
 		return r.inProj, r.outProj
 	}
 	w := &p.m.p.layers[l]
 	return w.inProj, w.outProj
+}
+
+// thinWeights returns layer l's x_proj and dt_proj weights as the pass's
+// products that read u16 and ddelta take them: rounded where those are
+// bf16 (Pass.thin), else the weights.
+func (p *Pass) thinWeights(l int) (x, dt backend.Tensor) {
+	if p.thin != nil {
+		r := p.m.roundedWeights(p.thin, l, true)
+		return r.xProj, r.dtProj
+	}
+	w := &p.m.p.layers[l]
+	return w.xProj, w.dtProj
 }
 
 // layerIn is the residual stream entering layer l (an inference pass has
@@ -302,12 +332,17 @@ func (p *Pass) layerForward(l int, a *layerActs, st *State) {
 	if st != nil {
 		prev = st.conv[l]
 	}
-	be.Conv(a.u, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
+	if p.thin != nil {
+		p.thin.ConvCopy(a.u, a.u16, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
+	} else {
+		be.Conv(a.u, a.pre, a.xz, 2*E, prev, w.convW, w.convB, B, T, E, K)
+	}
 	if st != nil {
 		be.ConvState(st.conv[l], st.conv[l], a.xz, 2*E, B, T, E, K)
 	}
 	// 4. [r, Bt, Ct] = u · W_xᵀ                                        (BT,R+2N)
-	be.Gemm(false, true, BT, ldbc, E, 1, a.u, E, w.xProj, E, 0, a.xdbl, ldbc)
+	wX, _ := p.thinWeights(l)
+	be.Gemm(false, true, BT, ldbc, E, 1, a.u16, E, wX, E, 0, a.xdbl, ldbc)
 	// 5. Δ = softplus(r · W_dtᵀ + b_dt)                                (BT,E)
 	//    (inside the scan with a DtScanner: raw stays r · W_dtᵀ)
 	be.Gemm(false, true, BT, E, R, 1, a.xdbl, ldbc, w.dtProj, R, 0, a.raw, E)
@@ -416,10 +451,11 @@ func (p *Pass) Backward() error {
 			be.ScanBackward(p.du, p.ddelta, dbt, dct, gw.alog, gw.dskip, p.dy, a.u, a.delta, bt, ct, ldbc, m.decay(l), w.dskip, a.ckpt, B, T, E, N)
 			be.DtBackward(p.ddelta, gw.dtBias, p.ddelta, a.raw, BT, E)
 		}
+		_, wDt := p.thinWeights(l)
 		be.Gemm(true, false, E, R, BT, 1, p.ddelta, E, a.xdbl, ldbc, 1, gw.dtProj, R)
-		be.Gemm(false, false, BT, R, E, 1, p.ddelta, E, w.dtProj, R, 0, p.dxdbl, ldbc)
+		be.Gemm(false, false, BT, R, E, 1, p.ddelta, E, wDt, R, 0, p.dxdbl, ldbc)
 		// 4. x_proj: dW_x += dxdblᵀ·u; du += dxdbl·W_x.
-		be.Gemm(true, false, ldbc, E, BT, 1, p.dxdbl, ldbc, a.u, E, 1, gw.xProj, E)
+		be.Gemm(true, false, ldbc, E, BT, 1, p.dxdbl, ldbc, a.u16, E, 1, gw.xProj, E)
 		be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
 		// 3. conv: writes dxi (first E columns of dxz).
 		if p.crc != nil {

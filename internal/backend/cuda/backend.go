@@ -472,8 +472,34 @@ func (be *Backend) NormBackward(dx, dw, db, dout, x, w, mean, rstd backend.Tenso
 }
 
 func (be *Backend) Conv(u, pre, xi backend.Tensor, ldx int, prev, w, bias backend.Tensor, B, T, E, K int) {
-	be.l.check("conv", be.l.convFwd(ptr(u), ptr(pre), ptr(xi), i64(ldx), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
+	be.l.check("conv", be.l.convFwd(ptr(u), 0, ptr(pre), ptr(xi), i64(ldx), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
 	keep(u, pre, xi, prev, w, bias)
+}
+
+var _ backend.ThinRounder = (*Backend)(nil)
+
+// RoundsThin reports whether bf16 mode runs the thin products whose other
+// two sides are at least minSide on bf16 operands (backend.ThinRounder):
+// where it runs the products of those sides so.
+// MAMBABYTE_CUDA_THIN16=0 says no, so that they read float32 (for
+// comparisons).
+func (be *Backend) RoundsThin(minSide int) bool {
+	return be.roundsOperands(minSide) && os.Getenv("MAMBABYTE_CUDA_THIN16") != "0"
+}
+
+// AllocThin returns a zeroed bf16 GEMM operand tensor of n values
+// (backend.ThinRounder).
+func (be *Backend) AllocThin(n int) backend.Tensor { return be.allocHalf(n) }
+
+// ConvCopy is Conv also writing u's values rounded to bf16 to u16, a bf16
+// GEMM operand tensor (backend.ThinRounder).
+func (be *Backend) ConvCopy(u, u16, pre, xi backend.Tensor, ldx int, prev, w, bias backend.Tensor, B, T, E, K int) {
+	h := cudaTensor(u16)
+	if !h.half || h.n < length(u) {
+		panic(fmt.Sprintf("cuda: conv: u16 must be a bf16 operand tensor of at least %d values", length(u)))
+	}
+	be.l.check("conv", be.l.convFwd(ptr(u), h.Ptr(), ptr(pre), ptr(xi), i64(ldx), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K)))
+	keep(u, u16, pre, xi, prev, w, bias)
 }
 
 func (be *Backend) ConvBackward(dxi backend.Tensor, ldx int, dw, dbias, du, pre, xi, prev, w backend.Tensor, B, T, E, K int) {
@@ -560,12 +586,14 @@ func (be *Backend) ScanDtBackward(du, draw, dBt, dCt, dalog, ddskip, dbias, dy, 
 
 // ScanDtGateBackward is GateBackward followed by ScanDtBackward: the
 // scan's backward kernels take dg·silu(z) as they stage a chunk, and the
-// last of them writes dz (backend.GatedScanner).
+// last of them writes dz and draw, either of them in bf16 where it is a
+// bf16 GEMM operand tensor (backend.GatedScanner).
 func (be *Backend) ScanDtGateBackward(dz, dg, y, z backend.Tensor, ldz int, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct backend.Tensor, ldbc int, a, dskip, ckpt backend.Tensor, B, T, E, N int) {
 	pz, hz := ptrOp(dz)
+	pr, hr := ptrOp(draw)
 	dims := &scanDims{B: i64(B), T: i64(T), E: i64(E), N: i64(N), ldbc: i64(ldbc), dtRaw: 1, dtBias: ptr(dtBias), dbias: ptr(dbias),
-		gateZ: ptr(z), ldz: i64(ldz), gateY: ptr(y), gateDz: pz, gateDz16: int64(hz)}
-	be.l.check("scan backward", be.l.scanBwd(ptr(du), ptr(draw), ptr(dBt), ptr(dCt), ptr(dalog), ptr(ddskip), ptr(dg), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(ckpt), dims))
+		gateZ: ptr(z), ldz: i64(ldz), gateY: ptr(y), gateDz: pz, gateDz16: int64(hz), ddelta16: int64(hr)}
+	be.l.check("scan backward", be.l.scanBwd(ptr(du), pr, ptr(dBt), ptr(dCt), ptr(dalog), ptr(ddskip), ptr(dg), ptr(u), ptr(raw), ptr(Bt), ptr(Ct), ptr(a), ptr(dskip), ptr(ckpt), dims))
 	keep(dz, dg, y, z, du, draw, dBt, dCt, dalog, ddskip, dbias, u, raw, dtBias, Bt, Ct, a, dskip, ckpt)
 }
 

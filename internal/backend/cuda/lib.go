@@ -20,7 +20,7 @@ const (
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 14
+const abiVersion = 15
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -63,7 +63,7 @@ type lib struct {
 	normFwd func(out, mean, rstd, x, w, b uintptr, rows, D int64, eps float32, rms, out16 int32) int32
 	normBwd func(dx, dw, db, dout, x, w, mean, rstd uintptr, rows, D int64, rms, copy16 int32) int32
 
-	convFwd   func(u, pre, xi uintptr, ldx int64, prev, w, bias uintptr, B, T, E, K int64) int32
+	convFwd   func(u, u16, pre, xi uintptr, ldx int64, prev, w, bias uintptr, B, T, E, K int64) int32
 	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w, bias uintptr, B, T, E, K int64, dxi16 int32) int32
 	convState func(next, prev, xi uintptr, ldx, B, T, E, K int64) int32
 
@@ -137,6 +137,7 @@ type scanDims struct {
 	gateOut16        int64
 	gateY, gateDz    uintptr
 	gateDz16         int64
+	ddelta16         int64
 }
 
 var (

@@ -185,18 +185,36 @@ func TestModelForwardBackward(t *testing.T) {
 // TestModelPackedGEMMs is TestModelForwardBackward in bf16 on a model whose
 // in_proj and out_proj GEMMs (and their backwards) have every side at least
 // 512, so they run on bf16 copies of their operands, on initialised
-// weights. (Weights moved 0.3 off their initialisation make this model's
-// activations so large that the bf16 rounding grows through the layers to
-// gradient errors of 0.17 even without the copies, past any useful bound.)
+// weights; the thin x_proj and dt_proj products then read bf16 operands as
+// well (backend.ThinRounder), and once more float32 ones
+// (MAMBABYTE_CUDA_THIN16=0). (Weights moved 0.3 off their initialisation
+// make this model's activations so large that the bf16 rounding grows
+// through the layers to gradient errors of 0.17 even without the copies,
+// past any useful bound.)
 func TestModelPackedGEMMs(t *testing.T) {
 	cfg := model.DefaultConfig()
 	cfg.DModel, cfg.NLayer = 512, 2
+	const B, T = 2, 300
 	for _, prec := range precisions(t) {
 		if prec.name != "bf16" {
 			continue
 		}
-		prec.name += "-d512"
-		t.Run(prec.name, func(t *testing.T) { checkForwardBackward(t, prec, cfg, 2, 300) })
+		for _, thin := range []bool{true, false} {
+			p := prec
+			p.name += "-d512"
+			if !thin {
+				p.name += "-thin32"
+			}
+			t.Run(p.name, func(t *testing.T) {
+				if !thin {
+					t.Setenv("MAMBABYTE_CUDA_THIN16", "0")
+				}
+				if got := p.g.RoundsThin(min(B*T, cfg.DInner())); got != thin {
+					t.Skipf("the thin products on bf16 operands: %v here, this case wants %v", got, thin)
+				}
+				checkForwardBackward(t, p, cfg, B, T)
+			})
+		}
 	}
 }
 

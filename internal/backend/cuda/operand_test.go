@@ -243,3 +243,68 @@ func TestOperandGemm(t *testing.T) {
 		}
 	}
 }
+
+// TestThinOperands checks the writers of a backend.ThinRounder's bf16
+// operands: ConvCopy's u16, and ScanDtGateBackward's draw as a bf16 tensor
+// (N 16: the four-state kernel writes it; N 5: the other kernels' float32
+// result is copied), must hold exactly the float32 results of the same
+// operations rounded to bf16, and leave every other output as it was.
+func TestThinOperands(t *testing.T) {
+	_, g16 := operandGPUs(t)
+	e := newEnv(t, g16, 23)
+	down := func(x backend.Tensor) []float32 {
+		v := make([]float32, x.Len())
+		g16.Download(v, x)
+		return v
+	}
+	same := func(name string, got, want []float32) {
+		t.Helper()
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Errorf("%s: [%d] = %g, want %g", name, i, got[i], want[i])
+				return
+			}
+		}
+	}
+	for _, K := range []int{4, 9} { // the windowed kernel, and the general one
+		const B, T, E = 2, 150, 64
+		xz := e.randn(B*T*2*E, 0, 1)
+		w, b := e.randn(E*K, 0, 0.5), e.randn(E, 0, 0.5)
+		u, u2, u16 := g16.Alloc(B*T*E), g16.Alloc(B*T*E), g16.AllocThin(B*T*E)
+		g16.Conv(u, nil, xz.g, 2*E, nil, w.g, b.g, B, T, E, K)
+		g16.ConvCopy(u2, u16, nil, xz.g, 2*E, nil, w.g, b.g, B, T, E, K)
+		name := fmt.Sprintf("conv K=%d", K)
+		same(name+" u", down(u2), down(u))
+		same(name+" u16", down(u16), roundAll(down(u)))
+	}
+	for _, N := range []int{16, 5} {
+		const R, rows, E = 3, 150, 64
+		ldbc := R + 2*N
+		xdbl := e.randn(rows*ldbc, 0, 1)
+		bt, ct := bcViews(xdbl, R, N)
+		u, raw, bias := e.randn(rows*E, 0, 1), e.randn(rows*E, -1, 1), e.randn(E, 0, 0.5)
+		a, dskip := scanDecay(e, E, N), e.randn(E, 1, 0.5)
+		y, xz, dout := e.randn(rows*E, 0, 1), e.randn(rows*2*E, 0, 2), e.randn(rows*E, 0, 1)
+		z := xz.slice(E, rows*2*E-E)
+		ckpt := e.randn(g16.ScanCheckpoints(rows)*E*N, 0, 1)
+		run := func(draw backend.Tensor) [][]float32 {
+			dxz, du, dxdbl := g16.Alloc(rows*2*E), g16.Alloc(rows*E), g16.Alloc(rows*ldbc)
+			dalog, ddskip, dbias := g16.Alloc(E*N), g16.Alloc(E), g16.Alloc(E)
+			dbt, dct := dxdbl.Slice(R, rows*ldbc-R), dxdbl.Slice(R+N, rows*ldbc-R-N)
+			g16.ScanDtGateBackward(dxz.Slice(E, rows*2*E-E), dout.g, y.g, z.g, 2*E, du, draw, dbt, dct, dalog, ddskip, dbias,
+				u.g, raw.g, bias.g, bt.g, ct.g, ldbc, a.g, dskip.g, ckpt.g, 1, rows, E, N)
+			return [][]float32{down(dxz), down(du), down(dalog), down(ddskip), down(dbias), down(dxdbl)}
+		}
+		d32, d16 := g16.Alloc(rows*E), g16.AllocThin(rows*E)
+		want, got := run(d32), run(d16)
+		name := fmt.Sprintf("scan backward N=%d", N)
+		same(name+" draw (bf16)", down(d16), roundAll(down(d32)))
+		for i, out := range []string{"dz", "du", "dalog", "ddskip", "dbias"} {
+			same(name+" "+out, got[i], want[i])
+		}
+		// The general kernels sum dBt and dCt with atomics (in any order).
+		if d := relDiff(got[5], want[5]); !(d <= 1e-6) {
+			t.Errorf("%s dBt, dCt: relative difference %.3g between the runs", name, d)
+		}
+	}
+}

@@ -852,17 +852,26 @@ static void pack_bf16(__nv_bfloat16 *dst, const float *src, int64_t rows, int64_
 
 extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                        const void *av, int64_t lda, const void *bv, int64_t ldb, float beta,
-                       float *c, int64_t ldc, int mode) {
+                       void *cv, int64_t ldc, int mode) {
     ENTER_GEMM();
     const bool keep = g_packA_ok;  // this call's A may reuse the last copy
     g_packA_ok = false;            // unless re-established below
-    // Mode bits: 1 bf16 GEMMs, 2 A is stored in bf16, 4 B is.
-    const bool a_in16 = mode & MB_GEMM_A16, b_in16 = mode & MB_GEMM_B16;
+    // Mode bits: 1 bf16 GEMMs, 2 A is stored in bf16, 4 B is, 8 C is.
+    const bool a_in16 = mode & MB_GEMM_A16, b_in16 = mode & MB_GEMM_B16, c_in16 = mode & MB_GEMM_C16;
     mode &= MB_GEMM_BF16;
     const float *a = (const float *)av, *b = (const float *)bv;
+    float *c = (float *)cv;
+    if (c_in16 && beta != 0.f) {
+        set_err("mb_gemm: a bf16 C takes beta 0, not %g", (double)beta);
+        return 1;
+    }
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0 || alpha == 0.f) {
         if (beta == 1.f) return 0;
+        if (c_in16) {
+            CK(cudaMemset2DAsync(cv, (size_t)ldc * 2, 0, (size_t)n * 2, (size_t)m, g_stream));
+            return 0;
+        }
         k_scale_rows<<<grid_for(m * n), kThreads, 0, g_stream>>>(c, ldc, m, n, beta);
         LAUNCHED();
         return 0;
@@ -873,7 +882,7 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                 (long long)k);
         return 1;
     }
-    const bool in16 = a_in16 || b_in16;
+    const bool in16 = a_in16 || b_in16 || c_in16;
     if (!in16 && !transA && transB && m <= kGemvMaxM)
         return gemv_nt(c, ldc, a, lda, b, ldb, m, n, k, alpha, beta);
     // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: a
@@ -886,7 +895,8 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
                         (int)lda, &beta, c, (int)ldc));
     } else if (in16 || (m >= kGemmBf16Min && n >= kGemmBf16Min && k >= kGemmBf16Min && gemm_bf16_ok())) {
         // bf16 operands: an operand stored in bf16 (an operand tensor,
-        // whatever the sizes) as it is, a float32 one as a bf16 copy.
+        // whatever the sizes) as it is, a float32 one as a bf16 copy. (A
+        // bf16 C takes this path too.)
         // As stored: A is (k, m) when transposed, else (m, k); B likewise.
         int64_t ar = transA ? k : m, ac = transA ? m : k, br = transB ? n : k, bc = transB ? k : n;
         const int64_t na = a_in16 ? 0 : ar * ac, nb = b_in16 ? 0 : br * bc;  // copies to make
@@ -918,8 +928,8 @@ extern "C" int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, 
             ldb = bc;
         }
         CKB(cublasGemmEx(g_blas, opB, opA, (int)n, (int)m, (int)k, &alpha, b16, CUDA_R_16BF,
-                         (int)ldb, a16, CUDA_R_16BF, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                         (int)ldb, a16, CUDA_R_16BF, (int)lda, &beta, cv, c_in16 ? CUDA_R_16BF : CUDA_R_32F,
+                         (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         // The copy stays valid for the next call unless this one wrote over
         // its source.
         g_packA_ok = !g_capturing && a16 == g_packA &&
@@ -1383,6 +1393,12 @@ __device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld,
     for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? *p : 0.f;
 }
 
+// conv_batch16 is conv_batch for bf16 values.
+__device__ __forceinline__ void conv_batch16(float *v, const __nv_bfloat16 *p, int64_t ld, int64_t n) {
+#pragma unroll
+    for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? __bfloat162float(*p) : 0.f;
+}
+
 template <int K>
 __global__ void k_conv_fwd_win(float *u, __nv_bfloat16 *u16, float *pre, const float *xi,
                                int64_t ldx, const float *prev, const float *w, const float *bias,
@@ -1448,14 +1464,16 @@ __device__ __forceinline__ float silu_grad_fast_(float x) {
 }
 
 // Writes dxi for the thread's chunks and their sums Σ dpre·input (dw) and
-// Σ dpre (dbias) to part (gridDim.y, K+1, E). pre NULL: recomputed from xi,
-// w and bias (the window of inputs is at hand). conv_bwd_chunks is the
-// kernel's body for dxi in bf16 (O16) or float32.
-template <int K, bool O16>
+// Σ dpre (dbias) to part (gridDim.y, K+1, E); u's gradient is du, plus
+// du2 (bf16) with D2. pre NULL: recomputed from xi, w and bias (the window
+// of inputs is at hand). conv_bwd_chunks is the kernel's body for dxi in
+// bf16 (O16) or float32.
+template <int K, bool O16, bool D2>
 __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *part, const float *du,
-                                                const float *pre, const float *xi, const float *prev,
-                                                const float *w, const float *bias, int64_t B,
-                                                int64_t T, int64_t E, int64_t nc, int64_t e) {
+                                                const __nv_bfloat16 *du2, const float *pre,
+                                                const float *xi, const float *prev, const float *w,
+                                                const float *bias, int64_t B, int64_t T, int64_t E,
+                                                int64_t nc, int64_t e) {
     float wk[K], dw[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -1483,18 +1501,21 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
         const int send = (int)(min(T, t1 + K - 1) - t0);
         const float *xp = xi + (b * T + t0) * ldx + e;
         const float *gp = du + (b * T + t0) * E + e;
+        const __nv_bfloat16 *g2 = D2 ? du2 + (b * T + t0) * E + e : nullptr;
         const float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
         int64_t dp = (b * T + t0 - (K - 1)) * ldx + e;  // dxi at t0+s-K+1
-        float xv[kConvBatch], gv[kConvBatch], pv[kConvBatch];
+        float xv[kConvBatch], gv[kConvBatch], pv[kConvBatch], hv[kConvBatch];
         conv_batch(xv, xp, ldx, send);
         conv_batch(gv, gp, E, send);
+        if (D2) conv_batch16(hv, g2, E, send);
         conv_batch(pv, pp, E, send);
         for (int s = 0; s < steps; s += kConvBatch) {
             // The next batch's loads go out before this batch's arithmetic.
-            float nx[kConvBatch], ng[kConvBatch], np[kConvBatch];
+            float nx[kConvBatch], ng[kConvBatch], np[kConvBatch], nh[kConvBatch];
             const int left = send - s - kConvBatch;
             conv_batch(nx, xp + kConvBatch * ldx, ldx, left);
             conv_batch(ng, gp + kConvBatch * E, E, left);
+            if (D2) conv_batch16(nh, g2 + kConvBatch * E, E, left);
             conv_batch(np, pp ? pp + kConvBatch * E : nullptr, E, left);
 #pragma unroll
             for (int j = 0; j < kConvBatch; j++) {
@@ -1508,7 +1529,7 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
 #pragma unroll
                     for (int k = 0; k < K; k++) p += wk[k] * xw[k];
                 }
-                const float gs = sj < send ? gv[j] * silu_grad_fast_(p) : 0.f;
+                const float gs = sj < send ? (D2 ? gv[j] + hv[j] : gv[j]) * silu_grad_fast_(p) : 0.f;
 #pragma unroll
                 for (int k = 0; k + 1 < K; k++) gw[k] = gw[k + 1];
                 gw[K - 1] = gs;
@@ -1528,9 +1549,13 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
                 }
             }
 #pragma unroll
-            for (int j = 0; j < kConvBatch; j++) xv[j] = nx[j], gv[j] = ng[j], pv[j] = np[j];
+            for (int j = 0; j < kConvBatch; j++) {
+                xv[j] = nx[j], gv[j] = ng[j], pv[j] = np[j];
+                if (D2) hv[j] = nh[j];
+            }
             xp += kConvBatch * ldx;
             gp += kConvBatch * E;
+            if (D2) g2 += kConvBatch * E;
             if (pp) pp += kConvBatch * E;
             dp += kConvBatch * ldx;
         }
@@ -1541,17 +1566,22 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
     q[K * E] = db;
 }
 
-template <int K>
-__global__ void k_conv_bwd_win(void *dxi, int dxi16, int64_t ldx, float *part, const float *du,
-                               const float *pre, const float *xi, const float *prev, const float *w,
-                               const float *bias, int64_t B, int64_t T, int64_t E, int64_t nc) {
-    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= E) return;
-    if (dxi16)
-        conv_bwd_chunks<K, true>(dxi, ldx, part, du, pre, xi, prev, w, bias, B, T, E, nc, e);
-    else
-        conv_bwd_chunks<K, false>(dxi, ldx, part, du, pre, xi, prev, w, bias, B, T, E, nc, e);
-}
+// The windowed conv backward for dxi in float32, in bf16, and in bf16
+// with a bf16 du2: a kernel each, so that each holds one body.
+#define CONV_BWD_WIN(name, O16, D2)                                                              \
+    template <int K>                                                                            \
+    __global__ void name(void *dxi, int64_t ldx, float *part, const float *du,                  \
+                         const __nv_bfloat16 *du2, const float *pre, const float *xi,           \
+                         const float *prev, const float *w, const float *bias, int64_t B,       \
+                         int64_t T, int64_t E, int64_t nc) {                                    \
+        int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;                             \
+        if (e >= E) return;                                                                     \
+        conv_bwd_chunks<K, O16, D2>(dxi, ldx, part, du, du2, pre, xi, prev, w, bias, B, T, E,  \
+                                    nc, e);                                                     \
+    }
+CONV_BWD_WIN(k_conv_bwd_win32, false, false)
+CONV_BWD_WIN(k_conv_bwd_win16, true, false)
+CONV_BWD_WIN(k_conv_bwd_win16s, true, true)
 
 #define CONV_WIN_LAUNCH(K, kern, grid, ...)                                               \
     do {                                                                                  \
@@ -1635,20 +1665,47 @@ extern "C" int mb_conv_fwd(float *u, void *u16v, float *pre, const float *xi, in
     return 0;
 }
 
+// k_add2: dst = a + b (b bf16 when b16), n values.
+__global__ void k_add2(float *dst, const float *a, const void *b, int b16, int64_t n) {
+    GRID_LOOP(i, n) dst[i] = a[i] + (b16 ? __bfloat162float(((const __nv_bfloat16 *)b)[i]) : ((const float *)b)[i]);
+}
+
+// g_du_sum holds du + du2 for the general conv backward.
+static float *g_du_sum = nullptr;
+static size_t g_du_sum_bytes = 0;
+
 extern "C" int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
-                           const float *pre, const float *xi, const float *prev, const float *w,
-                           const float *bias, int64_t B, int64_t T, int64_t E, int64_t K,
-                           int dxi16) {
+                           const void *du2, int du2_16, const float *pre, const float *xi,
+                           const float *prev, const float *w, const float *bias, int64_t B,
+                           int64_t T, int64_t E, int64_t K, int dxi16) {
     ENTER();
     if (B * T * E <= 0) return 0;
+    const bool win = K >= 1 && K <= kConvWinMax;
+    if (du2 && (!win || !du2_16 || !dxi16)) {
+        // Elsewhere than the windowed kernel for a bf16 du2 and dxi, the
+        // kernels read one gradient: the sum, made first.
+        if (grow_uncaptured("mb_conv_bwd: the gradient's buffer", (void **)&g_du_sum, &g_du_sum_bytes,
+                            (size_t)(B * T * E) * sizeof(float)))
+            return 1;
+        k_add2<<<grid_for(B * T * E), kThreads, 0, g_stream>>>(g_du_sum, du, du2, du2_16, B * T * E);
+        LAUNCHED();
+        du = g_du_sum;
+        du2 = nullptr;
+    }
     ConvCols f{dw, dbias, du, pre, xi, prev, w, bias, ldx, T, E, K};
-    if (K >= 1 && K <= kConvWinMax) {
+    if (win) {
         int64_t nc;
         dim3 grid = conv_geometry(B, T, E, &nc);
         void *ws;
         if (workspace((size_t)(grid.y * (K + 1) * E) * sizeof(float), &ws)) return 1;
         float *part = (float *)ws;
-        CONV_WIN_LAUNCH(K, k_conv_bwd_win, grid, dxi, dxi16, ldx, part, du, pre, xi, prev, w, bias, B, T, E, nc);
+        const __nv_bfloat16 *d2 = (const __nv_bfloat16 *)du2;
+        if (du2)
+            CONV_WIN_LAUNCH(K, k_conv_bwd_win16s, grid, dxi, ldx, part, du, d2, pre, xi, prev, w, bias, B, T, E, nc);
+        else if (dxi16)
+            CONV_WIN_LAUNCH(K, k_conv_bwd_win16, grid, dxi, ldx, part, du, d2, pre, xi, prev, w, bias, B, T, E, nc);
+        else
+            CONV_WIN_LAUNCH(K, k_conv_bwd_win32, grid, dxi, ldx, part, du, d2, pre, xi, prev, w, bias, B, T, E, nc);
         colsum_final(f, part, grid.y, (int)K + 1, E);
         LAUNCHED();
         return 0;

@@ -46,7 +46,7 @@ const char *mb_last_error(void);
 const char *mb_device_name(void);
 /* The ABI version (MB_ABI_VERSION) this library implements. */
 int mb_abi_version(void);
-#define MB_ABI_VERSION 15
+#define MB_ABI_VERSION 16
 
 /* Memory. mb_malloc returns 0 on failure (or bytes == 0). */
 uintptr_t mb_malloc(int64_t bytes);
@@ -87,13 +87,16 @@ int mb_stage_ids(const int32_t *ids_host, int64_t n);
  * mode may add MB_GEMM_A16 and MB_GEMM_B16: that operand is stored in bf16
  * (lda, ldb in its elements), as the kernels with an out16-style flag write
  * GEMM operands; the product then runs on bf16 tensor cores, a float32
- * other operand on a bf16 copy. */
+ * other operand on a bf16 copy. MB_GEMM_C16: C is stored in bf16 (ldc in its
+ * elements), beta must be 0, and the product runs on bf16 operands as
+ * with MB_GEMM_A16. */
 #define MB_GEMM_BF16 1
 #define MB_GEMM_A16 2
 #define MB_GEMM_B16 4
+#define MB_GEMM_C16 8
 int mb_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
             const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
-            float *c, int64_t ldc, int mode);
+            void *c, int64_t ldc, int mode);
 /* The smallest side at which bf16-mode GEMMs run on bf16 operands (0: they
  * never do, MAMBABYTE_CUDA_GEMM_PACK=0): an operand only such GEMMs read
  * may as well be stored in bf16. */
@@ -126,12 +129,14 @@ int mb_conv_fwd(float *u, void *u16, float *pre, const float *xi, int64_t ldx,
                 const float *prev, const float *w, const float *bias, int64_t B, int64_t T,
                 int64_t E, int64_t K);
 /* Writes dxi (row stride ldx); dw (E,K) and dbias (E, may be NULL) += .
+ * The gradient of u is du, plus du2 (B,T,E; may be NULL; bf16 when du2_16).
  * pre NULL: the pre-activation is recomputed from xi, prev, w and bias (the
  * forward's bias, may be NULL), which is then read; otherwise bias is not.
  * dxi16: dxi is bf16. */
 int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, const float *du,
-                const float *pre, const float *xi, const float *prev, const float *w,
-                const float *bias, int64_t B, int64_t T, int64_t E, int64_t K, int dxi16);
+                const void *du2, int du2_16, const float *pre, const float *xi,
+                const float *prev, const float *w, const float *bias, int64_t B, int64_t T,
+                int64_t E, int64_t K, int dxi16);
 /* next (B,K-1,E) = last K-1 inputs after xi; prev may be NULL and may alias next. */
 int mb_conv_state(float *next, const float *prev, const float *xi, int64_t ldx,
                   int64_t B, int64_t T, int64_t E, int64_t K);

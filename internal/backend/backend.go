@@ -135,19 +135,24 @@ type WeightRounder interface {
 // run the thin products on bf16 operands: x_proj's and dt_proj's, one of
 // whose sides is R or R+2N. Their large operands (the conv's output u and
 // the gradient of dt_proj's output) are then bf16 tensors that the
-// operations producing them write, and their weights the rounded copies.
+// operations producing them write, their weights the rounded copies, and
+// x_proj's dX product writes its large output in bf16 too.
 //
 // RoundsThin says whether it does so for thin products whose other two
 // sides are at least minSide. AllocThin returns a zeroed bf16 GEMM operand
 // tensor of n values, as OperandAllocator's are: Gemm takes it as A or B,
-// ConvCopy writes it as u16, a GatedScanner's ScanDtGateBackward as draw,
+// and as C with beta 0; ConvCopy writes it as u16, a GatedScanner's
+// ScanDtGateBackward as draw, ConvBackwardRecomputeSum reads it as du2;
 // and Zero, Upload and Download (converting) work on it. ConvCopy computes
 // what Conv computes and also writes u's values, rounded, to u16.
+// ConvBackwardRecomputeSum computes what ConvBackwardRecompute
+// (ConvRecomputer) computes for u's gradient du + du2.
 type ThinRounder interface {
 	WeightRounder
 	RoundsThin(minSide int) bool
 	AllocThin(n int) Tensor
 	ConvCopy(u, u16, pre, xi Tensor, ldx int, prev, w, bias Tensor, B, T, E, K int)
+	ConvBackwardRecomputeSum(dxi Tensor, ldx int, dw, dbias, du, du2, xi, prev, w, bias Tensor, B, T, E, K int)
 }
 
 // Capturer is implemented by backends that can record a sequence of

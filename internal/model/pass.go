@@ -31,10 +31,12 @@ type Pass struct {
 	// wr, when the backend is one and rounds this pass's products'
 	// operands, rounds the weights they read (Model.roundedWeights).
 	wr backend.WeightRounder
-	// thin, when the backend is one, is a GatedScanner, and runs this
-	// training pass's thin products (x_proj's and dt_proj's) on bf16
-	// operands: the conv then also writes u's copy u16, the scan's backward
-	// writes ddelta so, and the products read x_proj and dt_proj rounded.
+	// thin, when the backend is one, is a GatedScanner and a
+	// ConvRecomputer, and runs this training pass's thin products (x_proj's
+	// and dt_proj's) on bf16 operands: the conv then also writes u's copy
+	// u16, the scan's backward writes ddelta so, the products read x_proj
+	// and dt_proj rounded, and x_proj's dX product writes dux in bf16 for
+	// the conv's backward, which adds it to du.
 	thin backend.ThinRounder
 
 	ids     []int32
@@ -52,6 +54,7 @@ type Pass struct {
 
 	// Backward scratch.
 	dh, dn, dg, dy, dxz, du, ddelta, dxdbl backend.Tensor
+	dux                                    backend.Tensor // x_proj's part of du (thin, bf16), or nil
 
 	// gradReady is called as Backward finishes each GradRange
 	// (gradready.go); ranges caches the model's GradRanges.
@@ -99,7 +102,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 	if wr, ok := m.BE.(backend.WeightRounder); ok && train && wr.RoundsWeights(min(BT, D, E)) {
 		p.wr = wr
 	}
-	if tr, ok := m.BE.(backend.ThinRounder); ok && train && p.gs != nil && tr.RoundsThin(min(BT, E)) {
+	if tr, ok := m.BE.(backend.ThinRounder); ok && train && p.gs != nil && p.crc != nil && tr.RoundsThin(min(BT, E)) {
 		p.thin = tr
 	}
 	nl := 1
@@ -166,6 +169,7 @@ func (m *Model) newPass(B, T int, train, recompute bool) *Pass {
 		p.du = be.Alloc(BT * E)
 		if p.thin != nil {
 			p.ddelta = p.thin.AllocThin(BT * E) // the scan's backward writes it
+			p.dux = p.thin.AllocThin(BT * E)
 		} else {
 			p.ddelta = be.Alloc(BT * E)
 		}
@@ -454,13 +458,20 @@ func (p *Pass) Backward() error {
 		_, wDt := p.thinWeights(l)
 		be.Gemm(true, false, E, R, BT, 1, p.ddelta, E, a.xdbl, ldbc, 1, gw.dtProj, R)
 		be.Gemm(false, false, BT, R, E, 1, p.ddelta, E, wDt, R, 0, p.dxdbl, ldbc)
-		// 4. x_proj: dW_x += dxdblᵀ·u; du += dxdbl·W_x.
+		// 4. x_proj: dW_x += dxdblᵀ·u; du += dxdbl·W_x (with thin the
+		// conv's backward adds dux = dxdbl·W_x to du).
 		be.Gemm(true, false, ldbc, E, BT, 1, p.dxdbl, ldbc, a.u16, E, 1, gw.xProj, E)
-		be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
 		// 3. conv: writes dxi (first E columns of dxz).
-		if p.crc != nil {
+		switch {
+		case p.thin != nil:
+			wX, _ := p.thinWeights(l)
+			be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, wX, E, 0, p.dux, E)
+			p.thin.ConvBackwardRecomputeSum(p.dxz, 2*E, gw.convW, gw.convB, p.du, p.dux, a.xz, nil, w.convW, w.convB, B, T, E, K)
+		case p.crc != nil:
+			be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
 			p.crc.ConvBackwardRecompute(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.xz, nil, w.convW, w.convB, B, T, E, K)
-		} else {
+		default:
+			be.Gemm(false, false, BT, E, ldbc, 1, p.dxdbl, ldbc, w.xProj, E, 1, p.du, E)
 			be.ConvBackward(p.dxz, 2*E, gw.convW, gw.convB, p.du, a.pre, a.xz, nil, w.convW, B, T, E, K)
 		}
 		// 2. in_proj: dW_in += dxzᵀ·nrm; dn = dxz·W_in.

@@ -429,8 +429,12 @@ func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a backe
 	}
 	pa, ha := ptrOp(a)
 	pb, hb := ptrOp(b)
-	mode := be.mode | ha*gemmA16 | hb*gemmB16
-	be.l.check(op, be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, pa, i64(lda), pb, i64(ldb), beta, ptr(c), i64(ldc), mode))
+	pc, hc := ptrOp(c)
+	if hc != 0 && beta != 0 {
+		panic("cuda: a bf16 GEMM operand tensor as C takes beta 0")
+	}
+	mode := be.mode | ha*gemmA16 | hb*gemmB16 | hc*gemmC16
+	be.l.check(op, be.l.gemm(b32(transA), b32(transB), i64(m), i64(n), i64(k), alpha, pa, i64(lda), pb, i64(ldb), beta, pc, i64(ldc), mode))
 	keep(a, b, c)
 }
 
@@ -507,7 +511,7 @@ func (be *Backend) ConvBackward(dxi backend.Tensor, ldx int, dw, dbias, du, pre,
 		panic("cuda: conv backward: nil pre-activation (ConvBackwardRecompute recomputes it)")
 	}
 	pd, hd := ptrOp(dxi)
-	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), ptr(pre), ptr(xi), ptr(prev), ptr(w), 0, i64(B), i64(T), i64(E), i64(K), hd))
+	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, 0, ptr(pre), ptr(xi), ptr(prev), ptr(w), 0, i64(B), i64(T), i64(E), i64(K), hd))
 	keep(dxi, dw, dbias, du, pre, xi, prev, w)
 }
 
@@ -517,8 +521,17 @@ var _ backend.ConvRecomputer = (*Backend)(nil)
 // xi, prev, w and bias as it goes (backend.ConvRecomputer).
 func (be *Backend) ConvBackwardRecompute(dxi backend.Tensor, ldx int, dw, dbias, du, xi, prev, w, bias backend.Tensor, B, T, E, K int) {
 	pd, hd := ptrOp(dxi)
-	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K), hd))
+	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), 0, 0, 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K), hd))
 	keep(dxi, dw, dbias, du, xi, prev, w, bias)
+}
+
+// ConvBackwardRecomputeSum is ConvBackwardRecompute for the gradient du +
+// du2, du2 a bf16 GEMM operand tensor or float32 (backend.ThinRounder).
+func (be *Backend) ConvBackwardRecomputeSum(dxi backend.Tensor, ldx int, dw, dbias, du, du2, xi, prev, w, bias backend.Tensor, B, T, E, K int) {
+	pd, hd := ptrOp(dxi)
+	p2, h2 := ptrOp(du2)
+	be.l.check("conv backward", be.l.convBwd(pd, i64(ldx), ptr(dw), ptr(dbias), ptr(du), p2, h2, 0, ptr(xi), ptr(prev), ptr(w), ptr(bias), i64(B), i64(T), i64(E), i64(K), hd))
+	keep(dxi, dw, dbias, du, du2, xi, prev, w, bias)
 }
 
 func (be *Backend) ConvState(next, prev, xi backend.Tensor, ldx, B, T, E, K int) {

@@ -13,14 +13,16 @@ import (
 // LibName is the file name of the kernel library built by `make -C cuda`.
 const LibName = "libmambabyte_cuda.so"
 
-// mb_gemm mode bits (MB_GEMM_A16, MB_GEMM_B16): that operand is bf16.
+// mb_gemm mode bits (MB_GEMM_A16, MB_GEMM_B16, MB_GEMM_C16): that operand
+// is bf16.
 const (
 	gemmA16 = 2
 	gemmB16 = 4
+	gemmC16 = 8
 )
 
 // abiVersion is the MB_ABI_VERSION of mambabyte_cuda.h this package speaks.
-const abiVersion = 15
+const abiVersion = 16
 
 // lib holds the library's functions, bound once by purego. Sizes are int64
 // (int64_t), flags int32 (int), device pointers uintptr, host pointers Go
@@ -64,7 +66,7 @@ type lib struct {
 	normBwd func(dx, dw, db, dout, x, w, mean, rstd uintptr, rows, D int64, rms, copy16 int32) int32
 
 	convFwd   func(u, u16, pre, xi uintptr, ldx int64, prev, w, bias uintptr, B, T, E, K int64) int32
-	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, pre, xi, prev, w, bias uintptr, B, T, E, K int64, dxi16 int32) int32
+	convBwd   func(dxi uintptr, ldx int64, dw, dbias, du, du2 uintptr, du216 int32, pre, xi, prev, w, bias uintptr, B, T, E, K int64, dxi16 int32) int32
 	convState func(next, prev, xi uintptr, ldx, B, T, E, K int64) int32
 
 	dtFwd func(delta, raw, bias uintptr, rows, E int64) int32

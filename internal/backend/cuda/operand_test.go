@@ -241,6 +241,13 @@ func TestOperandGemm(t *testing.T) {
 				}
 			}
 		}
+		// A bf16 C (beta 0) holds the float32 product rounded.
+		a, b := e.from(roundAll(e.values(m*k, 0, 1))), e.from(roundAll(e.values(k*n, 0, 1)))
+		c := e.operand(m*n, nil)
+		e.run(func(be backend.Backend, s side) {
+			be.Gemm(false, false, m, n, k, 0.5, a.on(s), k, b.on(s), n, 0, c.on(s), n)
+		})
+		e.checkRounded(fmt.Sprintf("gemm bf16 C m=%d n=%d k=%d", m, n, k), c)
 	}
 }
 
@@ -248,7 +255,9 @@ func TestOperandGemm(t *testing.T) {
 // operands: ConvCopy's u16, and ScanDtGateBackward's draw as a bf16 tensor
 // (N 16: the four-state kernel writes it; N 5: the other kernels' float32
 // result is copied), must hold exactly the float32 results of the same
-// operations rounded to bf16, and leave every other output as it was.
+// operations rounded to bf16, and leave every other output as it was; and
+// ConvBackwardRecomputeSum with du2 must write what ConvBackwardRecompute
+// writes for the sum du + du2 made on the host.
 func TestThinOperands(t *testing.T) {
 	_, g16 := operandGPUs(t)
 	e := newEnv(t, g16, 23)
@@ -276,6 +285,45 @@ func TestThinOperands(t *testing.T) {
 		name := fmt.Sprintf("conv K=%d", K)
 		same(name+" u", down(u2), down(u))
 		same(name+" u16", down(u16), roundAll(down(u)))
+		// The backward with a second gradient: bf16 (as the model's) or
+		// float32, into a bf16 or a float32 dxi.
+		du := e.randn(B*T*E, 0, 1)
+		for _, c := range []struct{ du2Half, dxiHalf bool }{{true, true}, {true, false}, {false, true}} {
+			du2v := e.values(B*T*E, 0, 1)
+			var du2 backend.Tensor
+			if c.du2Half {
+				du2v = roundAll(du2v)
+				du2 = g16.AllocThin(B * T * E)
+			} else {
+				du2 = g16.Alloc(B * T * E)
+			}
+			g16.Upload(du2, du2v)
+			sum := make([]float32, B*T*E)
+			for i := range sum {
+				sum[i] = du.c[i] + du2v[i]
+			}
+			dus := g16.Alloc(B * T * E)
+			g16.Upload(dus, sum)
+			out := func(two bool) [][]float32 {
+				var dxz backend.Tensor
+				if c.dxiHalf {
+					dxz = g16.AllocThin(B * T * 2 * E)
+				} else {
+					dxz = g16.Alloc(B * T * 2 * E)
+				}
+				dw, db := g16.Alloc(E*K), g16.Alloc(E)
+				if two {
+					g16.ConvBackwardRecomputeSum(dxz, 2*E, dw, db, du.g, du2, xz.g, nil, w.g, b.g, B, T, E, K)
+				} else {
+					g16.ConvBackwardRecompute(dxz, 2*E, dw, db, dus, xz.g, nil, w.g, b.g, B, T, E, K)
+				}
+				return [][]float32{down(dxz), down(dw), down(db)}
+			}
+			got, want := out(true), out(false)
+			for i, o := range []string{"dxz", "dw", "dbias"} {
+				same(fmt.Sprintf("%s backward du2 bf16=%v dxi bf16=%v %s", name, c.du2Half, c.dxiHalf, o), got[i], want[i])
+			}
+		}
 	}
 	for _, N := range []int{16, 5} {
 		const R, rows, E = 3, 150, 64

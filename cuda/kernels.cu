@@ -1393,7 +1393,9 @@ __device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld,
     for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? *p : 0.f;
 }
 
-// conv_batch16 is conv_batch for bf16 values.
+// conv_batch16 is conv_batch for bf16 values at a p that is never NULL.
+// (conv_batch as a template with its NULL test took the conv backward with
+// du2 from 109 to 136 µs a layer.)
 __device__ __forceinline__ void conv_batch16(float *v, const __nv_bfloat16 *p, int64_t ld, int64_t n) {
 #pragma unroll
     for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? __bfloat162float(*p) : 0.f;

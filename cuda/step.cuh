@@ -786,12 +786,12 @@ __global__ void __launch_bounds__(kStepThreads, 4)
 // 4. h (B,D) += g·W_outᵀ, W_out (D, E). The h value of the warp's first row
 // is read as soon as the kernels before have finished. xacc (J + 1 values),
 // when set, is zeroed.
-template <typename W, int SB>
-__global__ void __launch_bounds__(kStepThreads, 4)
+template <typename W, int SB, int NP = kStepPre, int TH = kStepThreads>
+__global__ void __launch_bounds__(TH, TH == kStepThreads ? 4 : 1)
     k_step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B, bool vec,
                long long *xacc, int J) {
     STEP_T0();
-    RowPre<> pre;
+    RowPre<NP> pre;
     rows_start(pre, w, D, E, vec);
     const int lane = threadIdx.x & 31, s0 = blockIdx.y * SB;
     const int64_t r0 = first_row();
@@ -1617,6 +1617,16 @@ static const size_t kStepSpreadSmem = 115u << 10;
 // block an SM.
 static const int kRowsConv = 1, kRowsSpread = 2;
 
+// spread_smem is the shared memory to ask for for a kernel of `blocks`
+// blocks that need smem each: kStepSpreadSmem where that keeps it one
+// block an SM (the H100 and H200), else smem.
+static size_t spread_smem(size_t smem, int64_t blocks) {
+    if (blocks <= g_sms && smem < kStepSpreadSmem && kStepSpreadSmem <= g_smem_block &&
+        2 * kStepSpreadSmem > g_smem_sm)
+        return kStepSpreadSmem;
+    return smem;
+}
+
 template <class Pick, class... Args>
 static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, size_t xw_bytes,
                        Args... args) {
@@ -1625,10 +1635,7 @@ static int launch_rows(Pick pick, int64_t cols, int64_t rows, int B, int flags, 
     size_t smem;
     if (step_geometry(cols, rows, B, &SB, &grid, &smem)) return 1;
     if (flags & kRowsConv) smem += in_smem(cols, SB, xw_bytes);
-    // (Only where kStepSpreadSmem does what it is for: the H100 and H200.)
-    if ((flags & kRowsSpread) && (int64_t)grid.x * grid.y <= g_sms && smem < kStepSpreadSmem &&
-        kStepSpreadSmem <= g_smem_block && 2 * kStepSpreadSmem > g_smem_sm)
-        smem = kStepSpreadSmem;
+    if (flags & kRowsSpread) smem = spread_smem(smem, (int64_t)grid.x * grid.y);
     auto go = [&](auto tile) -> int {
         auto kernel = pick(tile);
         if (allow_smem(kernel, smem)) return 1;
@@ -1696,9 +1703,39 @@ static int step_x(float *xdbl, const float *u, const W *w, int64_t rows, int64_t
                        kRowsSpread, 0, xdbl, u, w, rows, E, B, aligned_rows(w, E));
 }
 
+// At one stream, an out_proj with more rows than one block of
+// kStepThreads an SM has warps (972M: 1,792 rows on 132 SMs) runs as one
+// block an SM of up to kStepOutWide threads instead: a warp a row, the
+// whole row in registers before the wait where it has at most kStepOutPre
+// vectors a lane (972M's 3,584 bf16 values: 14). In blocks of
+// kStepThreads such a kernel has more blocks than SMs; launched early they
+// pile onto some SMs (cuda/step_bench: 972M's 224 blocks on 94 SMs, 11.8
+// µs after the scan against 6.6 here), and a warp's later rows are read
+// after the wait. MAMBABYTE_CUDA_STEP_OUT_WIDE=0 keeps the narrow blocks.
+static const int kStepOutWide = 512, kStepOutPre = 16;
+
 template <typename W>
 static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, int B,
                     long long *xacc, int J) {
+    const int64_t warps = (D + g_sms - 1) / g_sms;
+    if (B == 1 && warps > kStepThreads / 32 && warps <= kStepOutWide / 32 &&
+        !switched_off("MAMBABYTE_CUDA_STEP_OUT_WIDE")) {
+        auto kernel = k_step_out<W, 1, kStepOutPre, kStepOutWide>;
+        const dim3 grid((unsigned)((D + warps - 1) / warps));
+        size_t smem = (size_t)((E + 3) & ~3) * sizeof(float);
+        if (smem > kStepTileBytes) {
+            set_err("step: a vector of %lld values does not fit shared memory", (long long)E);
+            return 1;
+        }
+        smem = spread_smem(smem, grid.x);
+        if (allow_smem(kernel, smem)) return 1;
+        const cudaLaunchAttribute attr = pdl_attr();
+        if (launch_ex(&attr, 1, kernel, grid, dim3((unsigned)(32 * warps)), smem, h, g, w, D, E,
+                      B, aligned_rows(w, E), xacc, J))
+            return 1;
+        LAUNCHED();
+        return 0;
+    }
     return launch_rows([](auto t) { return k_step_out<W, decltype(t)::value>; }, E, D, B,
                        kRowsSpread, 0, h, g, w, D, E, B, aligned_rows(w, E), xacc, J);
 }

@@ -62,11 +62,14 @@ func TestFusedStep(t *testing.T) {
 	for _, prec := range precisions(t) {
 		for _, name := range []string{"layernorm-tied", "rmsnorm-odd", "no-conv-bias-K1", "d264-untied", "n4-rank40", "d96-n32", "d96-n32-rank40", "353m-layers", "972m-layers"} {
 			for _, B := range []int{1, 2, 3, 9, 64, 70} {
-				if strings.HasSuffix(name, "-layers") && (B > 2 || prec.name == "fp32") {
+				if strings.HasSuffix(name, "-layers") && (B > 2 || prec.name == "fp32" && !(name == "972m-layers" && B == 1)) {
 					// They are here for the one-kernel step (bf16, one
-					// stream) and for the tensor-core kernels at the
+					// stream), for the tensor-core kernels at the
 					// models' widths (two streams; 972M's products stage
-					// their columns in more than one piece).
+					// their columns in more than one piece), and for
+					// 972M's one-stream out_proj in blocks of more than
+					// 256 threads (on 132 SMs; in float32 its rows do not
+					// fit in the registers it loads before the wait).
 					continue
 				}
 				if prec.name == "bf16-perturbed" && (B > 1 || cfgs[name].TieEmbeddings) {

@@ -1383,22 +1383,24 @@ static const int kConvWinMax = 8;
 
 // conv_batch sets v[j] = p[j·ld] for j < min(n, kConvBatch) and the rest
 // of the kConvBatch values to zero (all of them when p is NULL).
+template <int NB = kConvBatch>
 __device__ __forceinline__ void conv_batch(float *v, const float *p, int64_t ld, int64_t n) {
     if (!p) {
 #pragma unroll
-        for (int j = 0; j < kConvBatch; j++) v[j] = 0.f;
+        for (int j = 0; j < NB; j++) v[j] = 0.f;
         return;
     }
 #pragma unroll
-    for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? *p : 0.f;
+    for (int j = 0; j < NB; j++, p += ld) v[j] = j < n ? *p : 0.f;
 }
 
 // conv_batch16 is conv_batch for bf16 values at a p that is never NULL.
 // (conv_batch as a template with its NULL test took the conv backward with
 // du2 from 109 to 136 µs a layer.)
+template <int NB = kConvBatch>
 __device__ __forceinline__ void conv_batch16(float *v, const __nv_bfloat16 *p, int64_t ld, int64_t n) {
 #pragma unroll
-    for (int j = 0; j < kConvBatch; j++, p += ld) v[j] = j < n ? __bfloat162float(*p) : 0.f;
+    for (int j = 0; j < NB; j++, p += ld) v[j] = j < n ? __bfloat162float(*p) : 0.f;
 }
 
 template <int K>
@@ -1470,7 +1472,7 @@ __device__ __forceinline__ float silu_grad_fast_(float x) {
 // du2 (bf16) with D2. pre NULL: recomputed from xi, w and bias (the window
 // of inputs is at hand). conv_bwd_chunks is the kernel's body for dxi in
 // bf16 (O16) or float32.
-template <int K, bool O16, bool D2>
+template <int K, bool O16, bool D2, bool PRE = true, int NB = kConvBatch>
 __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *part, const float *du,
                                                 const __nv_bfloat16 *du2, const float *pre,
                                                 const float *xi, const float *prev, const float *w,
@@ -1504,29 +1506,29 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
         const float *xp = xi + (b * T + t0) * ldx + e;
         const float *gp = du + (b * T + t0) * E + e;
         const __nv_bfloat16 *g2 = D2 ? du2 + (b * T + t0) * E + e : nullptr;
-        const float *pp = pre ? pre + (b * T + t0) * E + e : nullptr;
+        const float *pp = PRE && pre ? pre + (b * T + t0) * E + e : nullptr;
         int64_t dp = (b * T + t0 - (K - 1)) * ldx + e;  // dxi at t0+s-K+1
-        float xv[kConvBatch], gv[kConvBatch], pv[kConvBatch], hv[kConvBatch];
-        conv_batch(xv, xp, ldx, send);
-        conv_batch(gv, gp, E, send);
-        if (D2) conv_batch16(hv, g2, E, send);
-        conv_batch(pv, pp, E, send);
-        for (int s = 0; s < steps; s += kConvBatch) {
+        float xv[NB], gv[NB], pv[NB], hv[NB];
+        conv_batch<NB>(xv, xp, ldx, send);
+        conv_batch<NB>(gv, gp, E, send);
+        if (D2) conv_batch16<NB>(hv, g2, E, send);
+        if (PRE) conv_batch<NB>(pv, pp, E, send);
+        for (int s = 0; s < steps; s += NB) {
             // The next batch's loads go out before this batch's arithmetic.
-            float nx[kConvBatch], ng[kConvBatch], np[kConvBatch], nh[kConvBatch];
-            const int left = send - s - kConvBatch;
-            conv_batch(nx, xp + kConvBatch * ldx, ldx, left);
-            conv_batch(ng, gp + kConvBatch * E, E, left);
-            if (D2) conv_batch16(nh, g2 + kConvBatch * E, E, left);
-            conv_batch(np, pp ? pp + kConvBatch * E : nullptr, E, left);
+            float nx[NB], ng[NB], np[NB], nh[NB];
+            const int left = send - s - NB;
+            conv_batch<NB>(nx, xp + NB * ldx, ldx, left);
+            conv_batch<NB>(ng, gp + NB * E, E, left);
+            if (D2) conv_batch16<NB>(nh, g2 + NB * E, E, left);
+            if (PRE) conv_batch<NB>(np, pp ? pp + NB * E : nullptr, E, left);
 #pragma unroll
-            for (int j = 0; j < kConvBatch; j++) {
+            for (int j = 0; j < NB; j++) {
                 const int sj = s + j;
 #pragma unroll
                 for (int k = 0; k + 1 < K; k++) xw[k] = xw[k + 1];
                 xw[K - 1] = xv[j];
-                float p = pv[j];
-                if (!pp) {
+                float p = PRE ? pv[j] : 0.f;
+                if (!PRE || !pp) {
                     p = bs;
 #pragma unroll
                     for (int k = 0; k < K; k++) p += wk[k] * xw[k];
@@ -1551,15 +1553,16 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
                 }
             }
 #pragma unroll
-            for (int j = 0; j < kConvBatch; j++) {
-                xv[j] = nx[j], gv[j] = ng[j], pv[j] = np[j];
+            for (int j = 0; j < NB; j++) {
+                xv[j] = nx[j], gv[j] = ng[j];
+                if (PRE) pv[j] = np[j];
                 if (D2) hv[j] = nh[j];
             }
-            xp += kConvBatch * ldx;
-            gp += kConvBatch * E;
-            if (D2) g2 += kConvBatch * E;
-            if (pp) pp += kConvBatch * E;
-            dp += kConvBatch * ldx;
+            xp += NB * ldx;
+            gp += NB * E;
+            if (D2) g2 += NB * E;
+            if (PRE && pp) pp += NB * E;
+            dp += NB * ldx;
         }
     }
     float *q = part + (int64_t)blockIdx.y * (K + 1) * E + e;
@@ -1568,22 +1571,31 @@ __device__ __forceinline__ void conv_bwd_chunks(void *dxi, int64_t ldx, float *p
     q[K * E] = db;
 }
 
-// The windowed conv backward for dxi in float32, in bf16, and in bf16
-// with a bf16 du2: a kernel each, so that each holds one body.
-#define CONV_BWD_WIN(name, O16, D2)                                                              \
+// The windowed conv backward: dxi in float32 or bf16 (O16); the
+// pre-activation read or recomputed (PRE: it may be read); u's gradient
+// du, or du + du2 (D2, bf16, recomputing only). A kernel each, so that
+// each holds one body. With du2, the kernel holding pre's registers and
+// kConvBatch steps a batch ran at two blocks an SM at best (at 130
+// registers a thread, in one build, one); without pre, kConvBatchR steps
+// a batch and three blocks an SM asked of the compiler, it takes 78 and
+// no stack, and ncu's time of the 353M layer's conv backward fell from
+// 109 to 96 µs. (The kernels without du2 at 111 registers and two blocks
+// an SM measured no faster so: 76 µs against 78.)
+static const int kConvBatchR = 4;
+#define CONV_BWD_WIN(name, O16, D2, PRE, NB, MINB)                                              \
     template <int K>                                                                            \
-    __global__ void name(void *dxi, int64_t ldx, float *part, const float *du,                  \
-                         const __nv_bfloat16 *du2, const float *pre, const float *xi,           \
-                         const float *prev, const float *w, const float *bias, int64_t B,       \
-                         int64_t T, int64_t E, int64_t nc) {                                    \
+    __global__ void __launch_bounds__(kThreads, MINB)                                           \
+        name(void *dxi, int64_t ldx, float *part, const float *du, const __nv_bfloat16 *du2,    \
+             const float *pre, const float *xi, const float *prev, const float *w,              \
+             const float *bias, int64_t B, int64_t T, int64_t E, int64_t nc) {                  \
         int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;                             \
         if (e >= E) return;                                                                     \
-        conv_bwd_chunks<K, O16, D2>(dxi, ldx, part, du, du2, pre, xi, prev, w, bias, B, T, E,  \
-                                    nc, e);                                                     \
+        conv_bwd_chunks<K, O16, D2, PRE, NB>(dxi, ldx, part, du, du2, pre, xi, prev, w, bias, B, \
+                                             T, E, nc, e);                                      \
     }
-CONV_BWD_WIN(k_conv_bwd_win32, false, false)
-CONV_BWD_WIN(k_conv_bwd_win16, true, false)
-CONV_BWD_WIN(k_conv_bwd_win16s, true, true)
+CONV_BWD_WIN(k_conv_bwd_win32, false, false, true, kConvBatch, 1)
+CONV_BWD_WIN(k_conv_bwd_win16, true, false, true, kConvBatch, 1)
+CONV_BWD_WIN(k_conv_bwd_win16s, true, true, false, kConvBatchR, 3)
 
 #define CONV_WIN_LAUNCH(K, kern, grid, ...)                                               \
     do {                                                                                  \
@@ -1683,9 +1695,10 @@ extern "C" int mb_conv_bwd(void *dxi, int64_t ldx, float *dw, float *dbias, cons
     ENTER();
     if (B * T * E <= 0) return 0;
     const bool win = K >= 1 && K <= kConvWinMax;
-    if (du2 && (!win || !du2_16 || !dxi16)) {
-        // Elsewhere than the windowed kernel for a bf16 du2 and dxi, the
-        // kernels read one gradient: the sum, made first.
+    if (du2 && (!win || !du2_16 || !dxi16 || pre)) {
+        // Elsewhere than the windowed kernel for a bf16 du2 and dxi with
+        // pre recomputed, the kernels read one gradient: the sum, made
+        // first.
         if (grow_uncaptured("mb_conv_bwd: the gradient's buffer", (void **)&g_du_sum, &g_du_sum_bytes,
                             (size_t)(B * T * E) * sizeof(float)))
             return 1;

@@ -1721,12 +1721,11 @@ static int step_out(float *h, const float *g, const W *w, int64_t D, int64_t E, 
     if (B == 1 && warps > kStepThreads / 32 && warps <= kStepOutWide / 32 &&
         !switched_off("MAMBABYTE_CUDA_STEP_OUT_WIDE")) {
         auto kernel = k_step_out<W, 1, kStepOutPre, kStepOutWide>;
-        const dim3 grid((unsigned)((D + warps - 1) / warps));
-        size_t smem = (size_t)((E + 3) & ~3) * sizeof(float);
-        if (smem > kStepTileBytes) {
-            set_err("step: a vector of %lld values does not fit shared memory", (long long)E);
-            return 1;
-        }
+        int SB;
+        dim3 grid;
+        size_t smem;  // the tile of one stream's E values
+        if (step_geometry(E, D, B, &SB, &grid, &smem)) return 1;
+        grid = dim3((unsigned)((D + warps - 1) / warps));
         smem = spread_smem(smem, grid.x);
         if (allow_smem(kernel, smem)) return 1;
         const cudaLaunchAttribute attr = pdl_attr();
